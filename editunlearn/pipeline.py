@@ -1,0 +1,138 @@
+"""Glue between Snakemake jobs and the library: logging, threads, seeding, and the job bodies the
+thin ``scripts/`` call. Kept here (not in scripts) so it is tested and importable."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+LOG = logging.getLogger("editunlearn")
+
+
+@contextmanager
+def job(snakemake):
+    """Send the job's stderr and logging to its log file; on failure, also show the error's
+    message on the console (where Snakemake's own message appears), not only in the log."""
+    console = sys.stderr
+    log_path = snakemake.log[0] if snakemake.log else None
+    handle = open(log_path, "w", buffering=1, encoding="utf-8") if log_path else console
+    sys.stderr = handle
+    logging.basicConfig(stream=handle, level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        threads = getattr(snakemake, "threads", 1)
+        try:
+            import torch
+
+            torch.set_num_threads(max(1, int(threads)))
+        except ImportError:
+            pass
+        yield LOG
+    except BaseException as exc:
+        traceback.print_exc(file=handle)
+        print(f"\n[{snakemake.rule}] {type(exc).__name__}: {exc}\n", file=console)
+        raise
+    finally:
+        sys.stderr = console
+        if handle is not console:
+            handle.close()
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_for_job(spec_params: dict, model_dir: str, device: str):
+    from .models import ModelSpec, load_model
+
+    spec = ModelSpec(source="local", path=str(model_dir), **spec_params)
+    model, tokenizer = load_model(spec, device)
+    return spec, model, tokenizer
+
+
+def unlearn_job(*, model_dir, split_path, targets_path, method, setting, spec_params, hparams,
+                device, out_path) -> None:
+    from .data import split_items
+    from .io import read_json, read_jsonl
+    from .methods import UnlearnContext, make_method
+    from .prompts import PromptFormatter
+    from .settings import Setting
+
+    setting = Setting.parse(setting)
+    seed_everything(setting.seed)
+    spec, model, tokenizer = load_for_job(spec_params, model_dir, device)
+    split = read_json(split_path)
+    targets = {row["id"]: row["target"] for row in read_jsonl(targets_path)}
+    forget = [{**item, "target": targets[item["id"]]} for item in split_items(split, "forget")]
+    retain = split_items(split, "retain")
+    formatter = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
+    runner = make_method(method, hparams)
+    LOG.info("method %s on %s, setting %s: %d forget, %d retain items; hparams %s",
+             method, spec.name, setting, len(forget), len(retain), hparams)
+    ctx = UnlearnContext(model, tokenizer, spec, formatter, forget, retain, hparams,
+                         seed=setting.seed, merge=setting.merge, log=LOG)
+    start = time.perf_counter()
+    patch = runner.unlearn(ctx)
+    patch.info.setdefault("hparams", hparams)
+    patch.info.setdefault("setting", str(setting))
+    patch.info["seconds"] = round(time.perf_counter() - start, 3)
+    patch.save(out_path)
+    LOG.info("patch: %d tensors, %d adaptors, %.1f s", len(patch.tensors), len(patch.adapters),
+             patch.info["seconds"])
+
+
+def evaluate_job(*, model_dir, patch_path, split_path, split, spec_params, eval_params, device,
+                 records_path, summary_path) -> None:
+    from .data import split_items
+    from .evaluate import evaluate_items
+    from .io import read_json, write_json, write_jsonl
+    from .metrics import summarize
+    from .patch import Patch
+    from .prompts import PromptFormatter
+
+    spec, model, tokenizer = load_for_job(spec_params, model_dir, device)
+    patch = Patch.load(patch_path)
+    patch.apply(model)
+    items = split_items(read_json(split_path), split)
+    if eval_params.get("max_items"):
+        items = items[: eval_params["max_items"]]
+    formatter = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
+    start = time.perf_counter()
+    records = evaluate_items(model, tokenizer, items, formatter, batch_size=spec.eval_batch_size,
+                             max_new_tokens=eval_params["max_new_tokens"],
+                             top_k=eval_params["top_k"], progress=True, desc=split)
+    seconds = time.perf_counter() - start
+    summary = {"split": split, "method": patch.method, "model": spec.name, **summarize(records),
+               "seconds": round(seconds, 2)}
+    LOG.info("%s: %s", split, summary)
+    write_jsonl(records_path, records)
+    write_json(summary_path, summary)
+
+
+def summarize_setting(summary_paths: list[str], out_path: str) -> None:
+    """One summary per job: the split summaries plus the paper's derived scores."""
+    from .io import read_json, write_json
+    from .metrics import combined_score, is_non_functional
+
+    splits = {}
+    for path in summary_paths:
+        summary = read_json(path)
+        splits[summary["split"]] = summary
+    parts = Path(out_path).parts
+    out = {"model": parts[-5], "dataset": parts[-4], "method": parts[-3], "setting": parts[-2],
+           "splits": splits}
+    if "forget" in splits and "retain" in splits:
+        forget, retain = splits["forget"]["rouge1_recall"], splits["retain"]["rouge1_recall"]
+        out["combined_score"] = combined_score(forget, retain)
+        out["non_functional"] = is_non_functional(forget, retain)
+    write_json(out_path, out)

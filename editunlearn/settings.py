@@ -1,0 +1,44 @@
+"""The ``setting`` path component of a job: forget size, seed and the options later methods add.
+
+``n40_s0`` = forget 40 items, split seed 0. Optional suffixes: ``_m4`` (query merging, 4 questions
+per edit) and ``_t<name>`` (refusal target kind, default ``idk``). One string per job keeps result
+paths short and lets one wildcard carry every per-job choice.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SETTING_RE = r"n\d+_s\d+(?:_m\d+)?(?:_t[a-z0-9]+(?:-[a-z0-9]+)*)?"
+_PARSE = re.compile(r"^n(\d+)_s(\d+)(?:_m(\d+))?(?:_t([a-z0-9]+(?:-[a-z0-9]+)*))?$")
+DEFAULT_TARGET = "idk"
+
+
+@dataclass(frozen=True)
+class Setting:
+    n_forget: int
+    seed: int
+    merge: int = 1
+    target: str = DEFAULT_TARGET
+
+    @classmethod
+    def parse(cls, text: str) -> "Setting":
+        m = _PARSE.match(text)
+        if not m:
+            raise ValueError(f"bad setting {text!r}: expected e.g. 'n40_s0', 'n80_s0_m4', 'n40_s0_tidk'")
+        n, seed, merge, target = m.groups()
+        return cls(int(n), int(seed), int(merge) if merge else 1, target or DEFAULT_TARGET)
+
+    @property
+    def split_name(self) -> str:
+        """Settings that share forget size and seed share one split file."""
+        return f"n{self.n_forget}_s{self.seed}"
+
+    def __str__(self) -> str:
+        text = self.split_name
+        if self.merge != 1:
+            text += f"_m{self.merge}"
+        if self.target != DEFAULT_TARGET:
+            text += f"_t{self.target}"
+        return text

@@ -1,0 +1,76 @@
+# Helpers shared by the rules: paths, the job grid and config look-ups.
+
+import os
+
+from editunlearn.config import method_hparams
+from editunlearn.data import DATASETS, SOURCES
+from editunlearn.methods import method_module_path
+from editunlearn.models import ModelSpec
+from editunlearn.settings import SETTING_RE, Setting
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9][A-Za-z0-9.\-]*",
+    dataset="|".join(DATASETS),
+    method=r"[a-z][a-z0-9_]*",
+    setting=SETTING_RE,
+    split=r"forget|retain|locality|rephrase",
+    n=r"\d+",
+    seed=r"\d+",
+
+
+RESULTS = "results"
+HEAVY_THREADS = 4  # capped by --cores; torch intra-op threads for one model job
+CONDA_ENV = "../envs/editunlearn.yaml"  # used with --sdm conda by the model jobs
+
+
+def model_spec(model):
+    return ModelSpec.from_config(model, config["models"][model])
+
+
+def model_dir(model):
+    return model_spec(model).path
+
+
+def start_model_dir(model, dataset):
+    """The model a dataset's unlearning jobs start from."""
+    return model_dir(model)
+
+
+def spec_params(model):
+    """The model settings a job depends on (params, so a change reruns exactly those jobs)."""
+    spec = model_spec(model)
+    return {k: getattr(spec, k) for k in ("name", "chat_template", "system_prompt", "num_layers",
+                                           "modules", "dtype", "pad_token", "eval_batch_size")}
+
+
+def eval_splits(dataset):
+    return ["forget", "retain"] + (["locality"] if dataset == "pistol" else [])
+
+
+def job_dir(w):
+    return f"{RESULTS}/{w.model}/{w.dataset}/{w.method}/{w.setting}"
+
+
+def run_settings(dataset):
+    return [f"n{n}_s{s}" for n in config["run"]["forget_sizes"][dataset] for s in config["run"]["seeds"]]
+
+
+def setting_summaries(methods):
+    run = config["run"]
+    return [
+        f"{RESULTS}/{model}/{dataset}/{method}/{setting}/summary.json"
+        for model in run["models"]
+        for dataset in run["datasets"]
+        for method in methods
+        for setting in run_settings(dataset)
+    ]
+
+
+def all_setting_summaries():
+    return setting_summaries(config["run"]["methods"])
+
+
+def base_summaries():
+    """The reference row of every table: the starting model, unlearning nothing."""
+    return setting_summaries(["base"])

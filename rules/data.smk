@@ -1,0 +1,47 @@
+# Datasets: pinned source files (mirror first, then download, sha256-checked), splits, targets.
+
+
+localrules:
+    fetch_data,
+
+
+rule fetch_data:
+    output:
+        "resources/data/{file}",
+    wildcard_constraints:
+        file="|".join(SOURCES),
+    params:
+        mirror=lambda w: (
+            os.path.join(workflow.basedir, config["data"]["mirror"])
+            if config["data"]["mirror"]
+            else None
+        ),
+        download=config["data"]["download"],
+    log:
+        "logs/data/fetch_{file}.log",
+    script:
+        "../scripts/fetch_data.py"
+
+
+rule make_split:
+    input:
+        qa=lambda w: "resources/data/" + DATASETS[w.dataset],
+        factual="resources/data/factual_data.json",
+    output:
+        "resources/splits/{dataset}/n{n}_s{seed}.json",
+    log:
+        "logs/splits/{dataset}/n{n}_s{seed}.log",
+    script:
+        "../scripts/make_split.py"
+
+
+rule idk_targets:
+    input:
+        split="resources/splits/{dataset}/n{n}_s{seed}.json",
+        refusals="resources/data/idontknow.jsonl",
+    output:
+        "resources/targets/{dataset}/n{n}_s{seed}/idk.jsonl",
+    log:
+        "logs/targets/{dataset}/n{n}_s{seed}_idk.log",
+    script:
+        "../scripts/idk_targets.py"

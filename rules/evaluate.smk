@@ -1,0 +1,35 @@
+# Evaluation of (start model + patch) on each split; a summary per job.
+
+
+rule evaluate_split:
+    input:
+        model=lambda w: start_model_dir(w.model, w.dataset),
+        patch=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/patch.safetensors",
+        split=lambda w: f"resources/splits/{w.dataset}/{Setting.parse(w.setting).split_name}.json",
+    output:
+        records=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/{{split}}.jsonl",
+        summary=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/{{split}}.summary.json",
+    params:
+        spec=lambda w: spec_params(w.model),
+        eval=config["eval"],
+        device=config["device"],
+    threads: HEAVY_THREADS
+    conda:
+        CONDA_ENV
+    log:
+        "logs/{model}/{dataset}/{method}/{setting}/eval_{split}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}/{dataset}/{method}/{setting}/{split}.tsv"
+    script:
+        "../scripts/evaluate_split.py"
+
+
+rule summarize_setting:
+    input:
+        lambda w: [f"{job_dir(w)}/eval/{split}.summary.json" for split in eval_splits(w.dataset)],
+    output:
+        f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/summary.json",
+    log:
+        "logs/{model}/{dataset}/{method}/{setting}/summary.log",
+    script:
+        "../scripts/summarize_setting.py"

@@ -1,0 +1,19 @@
+# Models: the embedded SmolLM2 converted once from its GGUF; hub models snapshotted once, so jobs
+# (and cluster compute nodes) load from a local folder. `source: local` models need no rule.
+
+
+localrules:
+    prepare_model,
+
+
+rule prepare_model:
+    output:
+        directory("resources/models/{model}"),
+    params:
+        entry=lambda w: config["models"][w.model],
+    log:
+        "logs/models/{model}.log",
+    benchmark:
+        "results/benchmarks/prepare_model/{model}.tsv"
+    script:
+        "../scripts/prepare_model.py"

@@ -1,0 +1,44 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MIRROR = Path(os.environ.get("EDITUNLEARN_TEST_MIRROR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def repo():
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def mirror():
+    """The local dataset mirror (../shared/data beside the project)."""
+    if not (MIRROR / "pistol" / "sample_data_1.json").is_file():
+        pytest.skip(f"dataset mirror not found at {MIRROR} (set EDITUNLEARN_TEST_MIRROR)")
+    return MIRROR
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(model, tokenizer) of a tiny random Llama; tests must not modify it (use fresh_tiny)."""
+    from editunlearn.testing import build_tiny_llama
+
+    return build_tiny_llama(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from editunlearn.testing import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def snakemake_exe():
+    exe = Path(sys.executable).with_name("snakemake")
+    if not exe.exists():
+        pytest.fail(f"snakemake not found next to {sys.executable}: run `make test` (it installs it)")
+    return str(exe)

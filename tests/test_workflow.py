@@ -1,0 +1,156 @@
+"""End to end through snakemake on a tiny random Llama: outputs, caching, reruns, bad input."""
+
+import csv
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from editunlearn.testing import save_tiny_llama, tiny_model_entry
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tiny_dirs, mirror, **eval_overrides):
+    return {
+        "device": "cpu",
+        "data": {"mirror": str(mirror), "download": False},
+        "run": {"models": list(tiny_dirs), "datasets": ["factual", "pistol"], "methods": ["base"],
+                "seeds": [0], "forget_sizes": {"factual": [4], "pistol": [20]}},
+        "eval": {"max_new_tokens": 6, "top_k": 100, "max_items": 3, **eval_overrides},
+        "models": {name: tiny_model_entry(path) for name, path in tiny_dirs.items()},
+    }
+
+
+class Workflow:
+    def __init__(self, exe, repo, workdir):
+        self.exe, self.repo, self.workdir = exe, repo, workdir
+        self.configfile = workdir / "test-config.yaml"
+
+    def write_config(self, config):
+        self.configfile.write_text(yaml.safe_dump(config))
+
+    def run(self, *args, check=True):
+        cmd = [self.exe, "--snakefile", str(self.repo / "Snakefile"), "--directory", str(self.workdir),
+               "--configfile", str(self.configfile), "--cores", "2", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
+        return proc
+
+    def planned_outputs(self, *targets):
+        """Output files of the jobs a dry run would execute."""
+        out = self.run("-n", *targets).stdout
+        files = set()
+        for line in out.splitlines():
+            m = re.match(r"^\s+output: (.+)$", line)
+            if m:
+                files.update(f.strip() for f in m.group(1).split(","))
+        return files
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory, snakemake_exe, repo, mirror):
+    root = tmp_path_factory.mktemp("wf")
+    tiny_dirs = {"tiny-a": save_tiny_llama(root / "models" / "tiny-a", seed=0),
+                 "tiny-b": save_tiny_llama(root / "models" / "tiny-b", seed=1)}
+    wf = Workflow(snakemake_exe, repo, root / "work")
+    wf.workdir.mkdir()
+    wf.tiny_dirs, wf.mirror = tiny_dirs, mirror
+    wf.write_config(_config(tiny_dirs, mirror))
+    wf.run()
+    return wf
+
+
+def test_default_dag_resolves(snakemake_exe, repo, tmp_path):
+    proc = subprocess.run([snakemake_exe, "-n", "--snakefile", str(repo / "Snakefile"),
+                           "--directory", str(tmp_path), "--cores", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    for rule in ("fetch_data", "prepare_model", "make_split", "unlearn", "evaluate_split",
+                 "table_base_models"):
+        assert re.search(rf"^{rule}\s+\d+", proc.stdout, re.M), rule
+
+
+def test_run_produces_table_and_per_item_records(workflow):
+    with open(workflow.workdir / "results/tables/base_models.csv") as f:
+        rows = list(csv.DictReader(f))
+    keys = {(r["model"], r["dataset"], r["split"]) for r in rows}
+    assert keys == {(m, "factual", s) for m in ("tiny-a", "tiny-b") for s in ("forget", "retain")} | \
+        {(m, "pistol", s) for m in ("tiny-a", "tiny-b") for s in ("forget", "retain", "locality")}
+    assert all(r["n"] == "3" for r in rows)
+    md = (workflow.workdir / "results/tables/base_models.md").read_text()
+    assert "| tiny-a | pistol | n20_s0 | locality | 3 |" in md
+    records = (workflow.workdir / "results/tiny-a/pistol/base/n20_s0/eval/forget.jsonl").read_text()
+    first = json.loads(records.splitlines()[0])
+    for key in ("question", "answer", "generation", "rouge1_recall", "prob", "prob_product", "mrr",
+                "hit_rate", "edge"):
+        assert key in first
+    summary = json.loads((workflow.workdir / "results/tiny-a/pistol/base/n20_s0/summary.json").read_text())
+    assert set(summary["splits"]) == {"forget", "retain", "locality"}
+    assert "combined_score" in summary and "non_functional" in summary
+
+
+def test_second_run_does_nothing(workflow):
+    assert workflow.planned_outputs() == set()
+
+
+def test_changing_one_models_setting_reruns_only_its_jobs(workflow):
+    config = yaml.safe_load(workflow.configfile.read_text())
+    config["models"]["tiny-b"]["system_prompt"] = "Answer briefly."
+    workflow.write_config(config)
+    try:
+        planned = workflow.planned_outputs()
+        job_outputs = {p for p in planned if p.startswith("results/tiny-")}
+        assert job_outputs and all(p.startswith("results/tiny-b/") for p in job_outputs)
+        # both datasets: 2 patches, 5 split evaluations (x2 files), 2 summaries
+        assert len([p for p in job_outputs if p.endswith("patch.safetensors")]) == 2
+        assert len([p for p in job_outputs if p.endswith(".jsonl")]) == 5
+        assert planned - job_outputs == {"results/tables/base_models.csv", "results/tables/base_models.md"}
+    finally:
+        workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
+    assert workflow.planned_outputs() == set()
+
+
+def test_changing_an_eval_setting_reruns_evaluations_not_unlearning(workflow):
+    workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror, max_new_tokens=7))
+    try:
+        planned = workflow.planned_outputs()
+        assert len([p for p in planned if p.endswith(".jsonl")]) == 10
+        assert not [p for p in planned if p.endswith("patch.safetensors")]
+    finally:
+        workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
+
+
+def test_rerun_gives_identical_metrics(workflow):
+    target = "results/tiny-a/factual/base/n4_s0/eval/retain.jsonl"
+    before = (workflow.workdir / target).read_text()
+    workflow.run("--forcerun", "evaluate_split", "--until", "evaluate_split", target)
+    assert (workflow.workdir / target).read_text() == before
+
+
+def test_corrupted_dataset_fails_clearly_and_keeps_results(workflow):
+    data_file = workflow.workdir / "resources/data/factual_data.json"
+    table = workflow.workdir / "results/tables/base_models.csv"
+    original, table_before = data_file.read_bytes(), table.read_text()
+    data_file.write_bytes(original.replace(b"Shakespeare", b"Marlowe"))
+    try:
+        proc = workflow.run(check=False)
+        assert proc.returncode != 0
+        output = proc.stdout + proc.stderr
+        assert "checksum mismatch" in output and "factual_data.json" in output
+        assert table.read_text() == table_before
+        assert (workflow.workdir / "results/tiny-a/factual/base/n4_s0/eval/forget.jsonl").exists()
+    finally:
+        data_file.write_bytes(original)
+
+
+def test_missing_data_without_mirror_or_download_fails_clearly(snakemake_exe, repo, tmp_path, tiny_dir):
+    wf = Workflow(snakemake_exe, repo, tmp_path)
+    wf.write_config({**_config({"tiny": tiny_dir}, tmp_path / "no-mirror")})
+    proc = wf.run("resources/data/sample_data_1.json", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "sample_data_1.json" in output and "no-mirror" in output and "data.download" in output
