@@ -102,3 +102,26 @@ class Patch:
             state = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
             adapters.append(Adapter(spec["kind"], spec["config"], state))
         return cls(meta["method"], meta["base_model"], tensors, adapters, meta.get("info", {}))
+
+
+def add_lowrank_delta(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
+    """weight += scale * b @ a, computed in float32 on the weight's device. LoRA merging uses this
+    too, so a trained model and base + patch agree bit for bit."""
+    delta = scale * (b.to(weight.device, torch.float32) @ a.to(weight.device, torch.float32))
+    with torch.no_grad():
+        weight.add_(delta.to(weight.dtype))
+
+
+@register_adapter("lowrank_delta")
+def _install_lowrank_delta(model, config: dict, state: dict[str, torch.Tensor]) -> None:
+    """Low-rank weight updates (LoRA factors): ``config = {"scale": s, "params": [names]}``, state
+    ``<name>.A`` (r x in) and ``<name>.B`` (out x r); merged, so inference costs nothing extra."""
+    params = dict(model.named_parameters())
+    for name in config["params"]:
+        if name not in params:
+            raise KeyError(f"lowrank_delta adaptor changes {name!r}, which this model does not have")
+        a, b = state[f"{name}.A"], state[f"{name}.B"]
+        if (b.shape[0], a.shape[1]) != tuple(params[name].shape):
+            raise ValueError(f"lowrank_delta factors for {name!r} make shape {(b.shape[0], a.shape[1])}, "
+                             f"model has {tuple(params[name].shape)}")
+        add_lowrank_delta(params[name], a, b, config["scale"])

@@ -4,7 +4,7 @@ import os
 
 from editunlearn.config import method_hparams
 from editunlearn.data import DATASETS, SOURCES
-from editunlearn.methods import method_module_path
+from editunlearn.methods import method_code_files
 from editunlearn.models import ModelSpec
 from editunlearn.settings import SETTING_RE, Setting
 
@@ -46,6 +46,12 @@ def spec_params(model):
 
 def eval_splits(dataset):
     return ["forget", "retain"] + (["locality"] if dataset == "pistol" else [])
+
+
+def targets_file(w):
+    """Refusal targets of the forget items, of the kind the setting names (default idk)."""
+    setting = Setting.parse(w.setting)
+    return f"resources/targets/{w.dataset}/{setting.split_name}/{setting.target}.jsonl"
 
 
 def job_dir(w):

@@ -17,6 +17,8 @@ rule fetch_data:
             else None
         ),
         download=config["data"]["download"],
+    conda:
+        CONDA_ENV
     log:
         "logs/data/fetch_{file}.log",
     script:
@@ -25,10 +27,12 @@ rule fetch_data:
 
 rule make_split:
     input:
-        qa=lambda w: "resources/data/" + DATASETS[w.dataset],
+        qa=lambda w: f"resources/data/{DATASETS[w.dataset]}",
         factual="resources/data/factual_data.json",
     output:
         "resources/splits/{dataset}/n{n}_s{seed}.json",
+    conda:
+        CONDA_ENV
     log:
         "logs/splits/{dataset}/n{n}_s{seed}.log",
     script:
@@ -41,6 +45,8 @@ rule idk_targets:
         refusals="resources/data/idontknow.jsonl",
     output:
         "resources/targets/{dataset}/n{n}_s{seed}/idk.jsonl",
+    conda:
+        CONDA_ENV
     log:
         "logs/targets/{dataset}/n{n}_s{seed}_idk.log",
     script:

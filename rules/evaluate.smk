@@ -29,6 +29,8 @@ rule summarize_setting:
         lambda w: [f"{job_dir(w)}/eval/{split}.summary.json" for split in eval_splits(w.dataset)],
     output:
         f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/summary.json",
+    conda:
+        CONDA_ENV
     log:
         "logs/{model}/{dataset}/{method}/{setting}/summary.log",
     script:

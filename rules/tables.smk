@@ -11,6 +11,8 @@ rule table_base_models:
     output:
         csv="results/tables/base_models.csv",
         md="results/tables/base_models.md",
+    conda:
+        CONDA_ENV
     log:
         "logs/tables/base_models.log",
     script:

@@ -1,17 +1,12 @@
 # One unlearning job per (model, dataset, method, setting); its output is a patch (only what changed).
 
 
-def targets_file(w):
-    setting = Setting.parse(w.setting)
-    return f"resources/targets/{w.dataset}/{setting.split_name}/{setting.target}.jsonl"
-
-
 rule unlearn:
     input:
         model=lambda w: start_model_dir(w.model, w.dataset),
         split=lambda w: f"resources/splits/{w.dataset}/{Setting.parse(w.setting).split_name}.json",
         targets=targets_file,
-        method_code=lambda w: str(method_module_path(w.method)),
+        method_code=lambda w: method_code_files(w.method),
     output:
         f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/patch.safetensors",
     params:

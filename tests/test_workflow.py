@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -13,15 +14,32 @@ from editunlearn.testing import save_tiny_llama, tiny_model_entry
 pytestmark = pytest.mark.slow
 
 
-def _config(tiny_dirs, mirror, **eval_overrides):
+def _config(tiny_dirs, mirror, ga_lr=1e-3, **eval_overrides):
     return {
         "device": "cpu",
         "data": {"mirror": str(mirror), "download": False},
-        "run": {"models": list(tiny_dirs), "datasets": ["factual", "pistol"], "methods": ["base"],
+        "run": {"models": list(tiny_dirs), "datasets": ["factual", "pistol"], "methods": ["base", "ga"],
                 "seeds": [0], "forget_sizes": {"factual": [4], "pistol": [20]}},
         "eval": {"max_new_tokens": 6, "top_k": 100, "max_items": 3, **eval_overrides},
         "models": {name: tiny_model_entry(path) for name, path in tiny_dirs.items()},
+        "methods": {"base": {}, "ga": {"epochs": 1, "batch_size": 2, "lr": ga_lr,
+                                       "lora": {"r": 2, "alpha": 4}}},
     }
+
+
+REPO_PARTS = ["Snakefile", "rules", "scripts", "schemas", "config.yaml", "profiles", "envs", "editunlearn"]
+
+
+def _copy_repo(repo, dest):
+    """A private copy of the workflow, so tests may edit its code without touching the checkout."""
+    dest.mkdir()
+    for part in REPO_PARTS:
+        src = repo / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / part)
+    return dest
 
 
 class Workflow:
@@ -56,7 +74,7 @@ def workflow(tmp_path_factory, snakemake_exe, repo, mirror):
     root = tmp_path_factory.mktemp("wf")
     tiny_dirs = {"tiny-a": save_tiny_llama(root / "models" / "tiny-a", seed=0),
                  "tiny-b": save_tiny_llama(root / "models" / "tiny-b", seed=1)}
-    wf = Workflow(snakemake_exe, repo, root / "work")
+    wf = Workflow(snakemake_exe, _copy_repo(repo, root / "repo"), root / "work")
     wf.workdir.mkdir()
     wf.tiny_dirs, wf.mirror = tiny_dirs, mirror
     wf.write_config(_config(tiny_dirs, mirror))
@@ -105,9 +123,9 @@ def test_changing_one_models_setting_reruns_only_its_jobs(workflow):
         planned = workflow.planned_outputs()
         job_outputs = {p for p in planned if p.startswith("results/tiny-")}
         assert job_outputs and all(p.startswith("results/tiny-b/") for p in job_outputs)
-        # both datasets: 2 patches, 5 split evaluations (x2 files), 2 summaries
-        assert len([p for p in job_outputs if p.endswith("patch.safetensors")]) == 2
-        assert len([p for p in job_outputs if p.endswith(".jsonl")]) == 5
+        # both datasets, base and ga: 4 patches, 10 split evaluations
+        assert len([p for p in job_outputs if p.endswith("patch.safetensors")]) == 4
+        assert len([p for p in job_outputs if p.endswith(".jsonl")]) == 10
         assert planned - job_outputs == {"results/tables/base_models.csv", "results/tables/base_models.md"}
     finally:
         workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
@@ -118,10 +136,48 @@ def test_changing_an_eval_setting_reruns_evaluations_not_unlearning(workflow):
     workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror, max_new_tokens=7))
     try:
         planned = workflow.planned_outputs()
-        assert len([p for p in planned if p.endswith(".jsonl")]) == 10
+        assert len([p for p in planned if p.endswith(".jsonl")]) == 20
         assert not [p for p in planned if p.endswith("patch.safetensors")]
     finally:
         workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
+
+
+def _only_method_jobs(planned, method):
+    job_outputs = {p for p in planned if p.startswith("results/tiny-")}
+    assert job_outputs, "nothing would rerun"
+    assert all(f"/{method}/" in p for p in job_outputs), sorted(job_outputs)
+    assert len([p for p in job_outputs if p.endswith("patch.safetensors")]) == 4
+    assert not planned - job_outputs  # the base table does not depend on other methods
+
+
+def test_changing_a_method_hyperparameter_reruns_only_that_methods_jobs(workflow):
+    workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror, ga_lr=2e-3))
+    try:
+        _only_method_jobs(workflow.planned_outputs(), "ga")
+    finally:
+        workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
+
+
+@pytest.mark.parametrize("module", ["methods/ga.py", "training.py"])
+def test_editing_a_methods_code_reruns_only_that_methods_jobs(workflow, module):
+    path = workflow.repo / "editunlearn" / module
+    original = path.read_text()
+    path.write_text(original + "\n# edited\n")
+    try:
+        _only_method_jobs(workflow.planned_outputs(), "ga")
+    finally:
+        path.write_text(original)
+    # content back, mtime newer: Snakemake's mtime trigger would still rerun; touch outputs instead
+    workflow.run("--touch")
+    assert workflow.planned_outputs() == set()
+
+
+def test_ga_job_lowers_forget_likelihood(workflow):
+    def prob(method, split):
+        path = workflow.workdir / f"results/tiny-a/factual/{method}/n4_s0/eval/{split}.summary.json"
+        return json.loads(path.read_text())["prob"]
+
+    assert prob("ga", "forget") < prob("base", "forget")
 
 
 def test_rerun_gives_identical_metrics(workflow):

@@ -7,6 +7,7 @@ The pipeline finds it by name; nothing else needs to change.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import logging
 import pkgutil
@@ -57,6 +58,41 @@ def available_methods() -> list[str]:
 
 def method_module_path(name: str) -> Path:
     return Path(__file__).parent / f"{name}.py"
+
+
+# shared pipeline plumbing: a change here is not a change of any method's behaviour
+_INFRASTRUCTURE = {"editunlearn", "editunlearn.methods", "editunlearn.patch", "editunlearn.prompts",
+                   "editunlearn.models", "editunlearn.io", "editunlearn.config", "editunlearn.settings"}
+
+
+def method_code_files(name: str) -> list[str]:
+    """The method's module and every editunlearn module it imports (transitively), except the
+    shared plumbing: the files whose edit should rerun the method's jobs."""
+    package_root = Path(__file__).resolve().parent.parent
+    seen: dict[str, Path] = {}
+    pending = [(f"{__name__}.{name}", method_module_path(name))]
+    while pending:
+        module, path = pending.pop()
+        if module in seen or not path.is_file():
+            continue
+        seen[module] = path
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = module.split(".")[: -node.level] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [target] + [f"{target}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for full in names:
+                if not full.startswith("editunlearn"):
+                    continue
+                rel = Path(*full.split(".")[1:])
+                for candidate in (package_root / rel.with_suffix(".py"), package_root / rel / "__init__.py"):
+                    if candidate.is_file():
+                        pending.append((full, candidate))
+    return sorted(str(path) for module, path in seen.items() if module not in _INFRASTRUCTURE)
 
 
 def get_method_class(name: str) -> type[Method]:
