@@ -26,6 +26,7 @@ except ConfigError as error:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/models.smk"
+include: "rules/finetune.smk"
 include: "rules/unlearn.smk"
 include: "rules/evaluate.smk"
 include: "rules/tables.smk"

@@ -55,6 +55,27 @@ def method_hparams(config: dict, method: str, model: str) -> dict:
     return hparams
 
 
+def _check_keys(where: str, values: dict, defaults: dict, owner: str, messages: list[str]) -> None:
+    for key, value in values.items():
+        if key not in defaults:
+            messages.append(f"config key '{where}.{key}' is not a hyper-parameter of {owner}"
+                            f" (known: {', '.join(sorted(defaults)) or 'none'})")
+        elif not _same_kind(defaults[key], value):
+            messages.append(f"config key '{where}.{key}': expected {type(defaults[key]).__name__}"
+                            f" like the default {defaults[key]!r}, got {value!r}")
+
+
+def _check_finetune(config: dict, messages: list[str]) -> None:
+    from .finetune import DEFAULTS
+
+    block = config["finetune"]
+    _check_keys("finetune.hparams", block["hparams"], DEFAULTS, "the fine-tuning stage", messages)
+    for model, values in block["per_model"].items():
+        if model not in config["models"]:
+            messages.append(f"config key 'finetune.per_model.{model}': unknown model")
+        _check_keys(f"finetune.per_model.{model}", values, DEFAULTS, "the fine-tuning stage", messages)
+
+
 def _check_hparams(config: dict, messages: list[str]) -> None:
     from .methods import available_methods, get_method_class
 
@@ -69,17 +90,10 @@ def _check_hparams(config: dict, messages: list[str]) -> None:
         for model in per_model:
             if model not in config.get("models", {}):
                 messages.append(f"config key 'methods.{name}.per_model.{model}': unknown model")
-        overrides = [("", {k: v for k, v in (block or {}).items() if k != "per_model"})]
-        overrides += [(f"per_model.{m}.", v) for m, v in per_model.items()]
-        for prefix, values in overrides:
-            for key, value in values.items():
-                where = f"methods.{name}.{prefix}{key}"
-                if key not in defaults:
-                    messages.append(f"config key '{where}' is not a hyper-parameter of {name!r}"
-                                    f" (known: {', '.join(sorted(defaults)) or 'none'})")
-                elif not _same_kind(defaults[key], value):
-                    messages.append(f"config key '{where}': expected {type(defaults[key]).__name__}"
-                                    f" like the default {defaults[key]!r}, got {value!r}")
+        _check_keys(f"methods.{name}", {k: v for k, v in (block or {}).items() if k != "per_model"},
+                    defaults, repr(name), messages)
+        for model, values in per_model.items():
+            _check_keys(f"methods.{name}.per_model.{model}", values, defaults, repr(name), messages)
 
 
 def _same_kind(default, value) -> bool:
@@ -111,5 +125,6 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> None
                 messages.append(f"config key 'run.methods[{i}]': method {method!r} has no block "
                                 f"under methods: (add `{method}: {{}}` to use its defaults)")
         _check_hparams(config, messages)
+        _check_finetune(config, messages)
     if messages:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(messages))

@@ -52,16 +52,48 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_for_job(spec_params: dict, model_dir: str, device: str):
+def load_for_job(spec_params: dict, model_dir: str, device: str, start_patch: str | None = None):
+    """The model a job starts from: the base model, plus the fine-tune patch where the dataset
+    has a fine-tuning stage (PISTOL)."""
     from .models import ModelSpec, load_model
+    from .patch import Patch
 
     spec = ModelSpec(source="local", path=str(model_dir), **spec_params)
     model, tokenizer = load_model(spec, device)
+    if start_patch:
+        Patch.load(start_patch).apply(model)
+        LOG.info("starting model: %s + %s", spec.name, start_patch)
     return spec, model, tokenizer
 
 
+def finetune_job(*, model_dir, qa_path, factual_path, dataset, spec_params, hparams, device,
+                 patch_path, report_path) -> None:
+    from .data import load_qa
+    from .finetune import finetune
+    from .io import write_json
+    from .prompts import PromptFormatter
+
+    seed_everything(0)
+    spec, model, tokenizer = load_for_job(spec_params, model_dir, device)
+    items = load_qa(dataset, Path(qa_path).parent)
+    factual = load_qa("factual", Path(factual_path).parent) if dataset != "factual" else []
+    formatter = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
+    patch, report = finetune(model, tokenizer, spec, formatter, items, factual, hparams, LOG)
+    write_json(report_path, report)  # a log file: kept even when the gate fails
+    LOG.info("fine-tune report: %s", report)
+    if not report["passed"]:
+        curve = ", ".join(f"{c['epoch']}: {c['monitor_rouge1']:.2f}" for c in report["curve"])
+        raise RuntimeError(
+            f"fine-tuning {spec.name} on {dataset} reached Rouge1 {report['rouge1']:.3f} on all "
+            f"{len(items)} QA, below the gate {report['min_rouge1']} (config key "
+            f"'finetune.per_model.{spec.name}.min_rouge1'). Monitored Rouge1 by epoch: {curve}. "
+            f"Train longer or with a higher learning rate, or lower the gate; the report is in "
+            f"{report_path}. No fine-tuned model was saved, so no PISTOL result builds on it.")
+    patch.save(patch_path)
+
+
 def unlearn_job(*, model_dir, split_path, targets_path, method, setting, spec_params, hparams,
-                device, out_path) -> None:
+                device, out_path, start_patch=None) -> None:
     from .data import split_items
     from .io import read_json, read_jsonl
     from .methods import UnlearnContext, make_method
@@ -70,7 +102,7 @@ def unlearn_job(*, model_dir, split_path, targets_path, method, setting, spec_pa
 
     setting = Setting.parse(setting)
     seed_everything(setting.seed)
-    spec, model, tokenizer = load_for_job(spec_params, model_dir, device)
+    spec, model, tokenizer = load_for_job(spec_params, model_dir, device, start_patch)
     split = read_json(split_path)
     targets = {row["id"]: row["target"] for row in read_jsonl(targets_path)}
     forget = [{**item, "target": targets[item["id"]]} for item in split_items(split, "forget")]
@@ -92,7 +124,7 @@ def unlearn_job(*, model_dir, split_path, targets_path, method, setting, spec_pa
 
 
 def evaluate_job(*, model_dir, patch_path, split_path, split, spec_params, eval_params, device,
-                 records_path, summary_path) -> None:
+                 records_path, summary_path, start_patch=None) -> None:
     from .data import split_items
     from .evaluate import evaluate_items
     from .io import read_json, write_json, write_jsonl
@@ -100,7 +132,7 @@ def evaluate_job(*, model_dir, patch_path, split_path, split, spec_params, eval_
     from .patch import Patch
     from .prompts import PromptFormatter
 
-    spec, model, tokenizer = load_for_job(spec_params, model_dir, device)
+    spec, model, tokenizer = load_for_job(spec_params, model_dir, device, start_patch)
     patch = Patch.load(patch_path)
     patch.apply(model)
     items = split_items(read_json(split_path), split)
@@ -112,7 +144,8 @@ def evaluate_job(*, model_dir, patch_path, split_path, split, spec_params, eval_
                              max_new_tokens=eval_params["max_new_tokens"],
                              top_k=eval_params["top_k"], progress=True, desc=split)
     seconds = time.perf_counter() - start
-    summary = {"split": split, "method": patch.method, "model": spec.name, **summarize(records),
+    summary = {"split": split, "method": patch.method, "model": spec.name,
+               "start": "fine-tuned" if start_patch else "base", **summarize(records),
                "seconds": round(seconds, 2)}
     LOG.info("%s: %s", split, summary)
     write_jsonl(records_path, records)

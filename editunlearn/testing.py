@@ -78,7 +78,7 @@ def tiny_model_entry(path: str | Path, num_layers: int = 2) -> dict:
     return {
         "source": "local", "path": str(path), "chat_template": True, "system_prompt": None,
         "num_layers": num_layers, "dtype": "float32", "pad_token": "<|endoftext|>",
-        "eval_batch_size": 4,
+        "eval_batch_size": 16,
         "modules": {"layer": "model.layers.{}", "mlp_down": "model.layers.{}.mlp.down_proj",
                     "mlp_up": "model.layers.{}.mlp.up_proj", "mlp_gate": "model.layers.{}.mlp.gate_proj",
                     "attn_out": "model.layers.{}.self_attn.o_proj", "embed": "model.embed_tokens",

@@ -5,6 +5,7 @@ import os
 from editunlearn.config import method_hparams
 from editunlearn.data import DATASETS, SOURCES
 from editunlearn.methods import method_code_files
+from editunlearn import finetune as finetune_module
 from editunlearn.models import ModelSpec
 from editunlearn.settings import SETTING_RE, Setting
 
@@ -20,6 +21,7 @@ wildcard_constraints:
 
 
 RESULTS = "results"
+FINETUNE_MODULE = finetune_module.__file__
 HEAVY_THREADS = 4  # capped by --cores; torch intra-op threads for one model job
 CONDA_ENV = "../envs/editunlearn.yaml"  # used with --sdm conda by the model jobs
 
@@ -32,9 +34,22 @@ def model_dir(model):
     return model_spec(model).path
 
 
-def start_model_dir(model, dataset):
-    """The model a dataset's unlearning jobs start from."""
-    return model_dir(model)
+def start_inputs(w):
+    """The model a dataset's jobs start from: the base model folder, plus the fine-tune patch for
+    datasets with a fine-tuning stage (finetune.datasets; the paper: PISTOL)."""
+    inputs = {"model": model_dir(w.model)}
+    if w.dataset in config["finetune"]["datasets"]:
+        inputs["start_patch"] = f"resources/finetuned/{w.model}/{w.dataset}.patch.safetensors"
+    return inputs
+
+
+def finetune_hparams(model):
+    block = config["finetune"]
+    return {**block["hparams"], **block["per_model"].get(model, {})}
+
+
+def finetune_code_files():
+    return [str(p) for p in method_code_files("finetune", module_path=FINETUNE_MODULE)]
 
 
 def spec_params(model):

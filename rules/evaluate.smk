@@ -3,7 +3,7 @@
 
 rule evaluate_split:
     input:
-        model=lambda w: start_model_dir(w.model, w.dataset),
+        unpack(start_inputs),
         patch=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/patch.safetensors",
         split=lambda w: f"resources/splits/{w.dataset}/{Setting.parse(w.setting).split_name}.json",
     output:

@@ -12,7 +12,12 @@ rule prepare_model:
     output:
         directory("resources/models/{model}"),
     params:
-        entry=lambda w: config["models"][w.model],
+        # only what the preparation reads: other model settings must not rebuild the model folder
+        entry=lambda w: {
+            k: v
+            for k, v in config["models"][w.model].items()
+            if k in ("source", "wheel", "gguf_file", "hub_id", "revision")
+        },
     log:
         "logs/models/{model}.log",
     benchmark:

@@ -3,7 +3,7 @@
 
 rule unlearn:
     input:
-        model=lambda w: start_model_dir(w.model, w.dataset),
+        unpack(start_inputs),
         split=lambda w: f"resources/splits/{w.dataset}/{Setting.parse(w.setting).split_name}.json",
         targets=targets_file,
         method_code=lambda w: method_code_files(w.method),

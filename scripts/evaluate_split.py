@@ -11,4 +11,5 @@ with job(snakemake):
         device=snakemake.params.device,
         records_path=snakemake.output.records,
         summary_path=snakemake.output.summary,
+        start_patch=snakemake.input.get("start_patch"),
     )

@@ -11,4 +11,5 @@ with job(snakemake):
         hparams=snakemake.params.hparams,
         device=snakemake.params.device,
         out_path=snakemake.output[0],
+        start_patch=snakemake.input.get("start_patch"),
     )

@@ -14,7 +14,7 @@ from editunlearn.testing import save_tiny_llama, tiny_model_entry
 pytestmark = pytest.mark.slow
 
 
-def _config(tiny_dirs, mirror, ga_lr=1e-3, **eval_overrides):
+def _config(tiny_dirs, mirror, ga_lr=1e-3, min_rouge1=0.0, **eval_overrides):
     return {
         "device": "cpu",
         "data": {"mirror": str(mirror), "download": False},
@@ -24,6 +24,9 @@ def _config(tiny_dirs, mirror, ga_lr=1e-3, **eval_overrides):
         "models": {name: tiny_model_entry(path) for name, path in tiny_dirs.items()},
         "methods": {"base": {}, "ga": {"epochs": 1, "batch_size": 2, "lr": ga_lr,
                                        "lora": {"r": 2, "alpha": 4}}},
+        "finetune": {"datasets": ["pistol"], "per_model": {},
+                     "hparams": {"epochs": 1, "batch_size": 32, "lr": 1e-3, "lora": {"r": 2, "alpha": 4},
+                                 "min_rouge1": min_rouge1, "monitor_items": 2, "max_new_tokens": 4}},
     }
 
 
@@ -100,7 +103,9 @@ def test_run_produces_table_and_per_item_records(workflow):
         {(m, "pistol", s) for m in ("tiny-a", "tiny-b") for s in ("forget", "retain", "locality")}
     assert all(r["n"] == "3" for r in rows)
     md = (workflow.workdir / "results/tables/base_models.md").read_text()
-    assert "| tiny-a | pistol | n20_s0 | locality | 3 |" in md
+    assert "| tiny-a | pistol | fine-tuned | n20_s0 | locality | 3 |" in md
+    assert "| tiny-a | factual | base | n4_s0 | forget | 3 |" in md
+    assert (workflow.workdir / "resources/finetuned/tiny-a/pistol.patch.safetensors").exists()
     records = (workflow.workdir / "results/tiny-a/pistol/base/n20_s0/eval/forget.jsonl").read_text()
     first = json.loads(records.splitlines()[0])
     for key in ("question", "answer", "generation", "rouge1_recall", "prob", "prob_product", "mrr",
@@ -123,10 +128,12 @@ def test_changing_one_models_setting_reruns_only_its_jobs(workflow):
         planned = workflow.planned_outputs()
         job_outputs = {p for p in planned if p.startswith("results/tiny-")}
         assert job_outputs and all(p.startswith("results/tiny-b/") for p in job_outputs)
-        # both datasets, base and ga: 4 patches, 10 split evaluations
+        # its fine-tune, and on both datasets for base and ga: 4 patches, 10 split evaluations
+        assert "resources/finetuned/tiny-b/pistol.patch.safetensors" in planned
         assert len([p for p in job_outputs if p.endswith("patch.safetensors")]) == 4
         assert len([p for p in job_outputs if p.endswith(".jsonl")]) == 10
-        assert planned - job_outputs == {"results/tables/base_models.csv", "results/tables/base_models.md"}
+        assert planned - job_outputs == {"results/tables/base_models.csv", "results/tables/base_models.md",
+                                         "resources/finetuned/tiny-b/pistol.patch.safetensors"}
     finally:
         workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
     assert workflow.planned_outputs() == set()
@@ -158,18 +165,29 @@ def test_changing_a_method_hyperparameter_reruns_only_that_methods_jobs(workflow
         workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
 
 
-@pytest.mark.parametrize("module", ["methods/ga.py", "training.py"])
-def test_editing_a_methods_code_reruns_only_that_methods_jobs(workflow, module):
+def _edit_and_plan(workflow, module):
     path = workflow.repo / "editunlearn" / module
     original = path.read_text()
     path.write_text(original + "\n# edited\n")
     try:
-        _only_method_jobs(workflow.planned_outputs(), "ga")
+        return workflow.planned_outputs()
     finally:
         path.write_text(original)
-    # content back, mtime newer: Snakemake's mtime trigger would still rerun; touch outputs instead
-    workflow.run("--touch")
-    assert workflow.planned_outputs() == set()
+        # content back, mtime newer: mark the outputs current again for the next tests
+        workflow.run("--touch")
+        assert workflow.planned_outputs() == set()
+
+
+def test_editing_a_methods_module_reruns_only_that_methods_jobs(workflow):
+    _only_method_jobs(_edit_and_plan(workflow, "methods/ga.py"), "ga")
+
+
+def test_editing_shared_training_code_reruns_what_trains_with_it(workflow):
+    planned = _edit_and_plan(workflow, "training.py")
+    # ga and the fine-tuning stage train with it; base on the factual dataset does not
+    assert "results/tiny-a/factual/ga/n4_s0/patch.safetensors" in planned
+    assert "resources/finetuned/tiny-a/pistol.patch.safetensors" in planned
+    assert not [p for p in planned if p.startswith("results/tiny-a/factual/base/")]
 
 
 def test_ga_job_lowers_forget_likelihood(workflow):
@@ -201,6 +219,19 @@ def test_corrupted_dataset_fails_clearly_and_keeps_results(workflow):
         assert (workflow.workdir / "results/tiny-a/factual/base/n4_s0/eval/forget.jsonl").exists()
     finally:
         data_file.write_bytes(original)
+
+
+def test_finetune_below_the_gate_fails_and_builds_nothing_on_it(snakemake_exe, repo, tmp_path, tiny_dir, mirror):
+    wf = Workflow(snakemake_exe, repo, tmp_path)
+    wf.write_config(_config({"tiny": tiny_dir}, mirror, min_rouge1=0.99))
+    proc = wf.run(check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "below the gate 0.99" in output and "finetune.per_model.tiny.min_rouge1" in output
+    assert not (tmp_path / "resources/finetuned/tiny/pistol.patch.safetensors").exists()
+    assert not list((tmp_path / "results").glob("tiny/pistol/*/*/patch.safetensors"))
+    report = json.loads((tmp_path / "logs/finetune/tiny/pistol.report.json").read_text())
+    assert report["passed"] is False and len(report["curve"]) == 1
 
 
 def test_missing_data_without_mirror_or_download_fails_clearly(snakemake_exe, repo, tmp_path, tiny_dir):

@@ -65,12 +65,17 @@ _INFRASTRUCTURE = {"editunlearn", "editunlearn.methods", "editunlearn.patch", "e
                    "editunlearn.models", "editunlearn.io", "editunlearn.config", "editunlearn.settings"}
 
 
-def method_code_files(name: str) -> list[str]:
+def method_code_files(name: str, module_path: str | Path | None = None) -> list[str]:
     """The method's module and every editunlearn module it imports (transitively), except the
-    shared plumbing: the files whose edit should rerun the method's jobs."""
+    shared plumbing: the files whose edit should rerun the method's jobs. ``module_path`` names a
+    module outside this package (the fine-tuning stage)."""
     package_root = Path(__file__).resolve().parent.parent
     seen: dict[str, Path] = {}
-    pending = [(f"{__name__}.{name}", method_module_path(name))]
+    if module_path is not None:
+        rel = Path(module_path).resolve().relative_to(package_root.parent).with_suffix("")
+        pending = [(".".join(rel.parts), Path(module_path))]
+    else:
+        pending = [(f"{__name__}.{name}", method_module_path(name))]
     while pending:
         module, path = pending.pop()
         if module in seen or not path.is_file():

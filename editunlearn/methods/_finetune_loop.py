@@ -162,7 +162,9 @@ def _format_terms(terms: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in terms.items())
 
 
-def train(method: FinetuneMethod, ctx: UnlearnContext) -> Patch:
+def train(method: FinetuneMethod, ctx: UnlearnContext, epoch_end=None) -> Patch:
+    """Run the loop; ``epoch_end(epoch)``, if given, is called after each epoch's last step with
+    the model in eval mode, and returning True stops training early (e.g. a quality gate reached)."""
     hp = method.hparams
     forget, retain = ctx.forget, ctx.retain
     if not forget:
@@ -215,7 +217,7 @@ def train(method: FinetuneMethod, ctx: UnlearnContext) -> Patch:
 
         run = TrainingRun(ctx, device, reference)
         model.train()
-        first_terms, terms = None, {}
+        first_terms, terms, steps_done = None, {}, 0
         steps = _step_batches(len(forget), len(retain), batch_size, accumulation, epochs, ctx.seed)
         for step, (epoch, group) in enumerate(steps, start=1):
             optimizer.zero_grad(set_to_none=True)
@@ -234,9 +236,17 @@ def train(method: FinetuneMethod, ctx: UnlearnContext) -> Patch:
             optimizer.step()
             scheduler.step()
             first_terms = first_terms or terms
+            steps_done = step
             if step == 1 or step % log_every == 0 or step == total_steps:
                 ctx.log.info("%s: step %d/%d (epoch %d) %s, grad norm %.3f, lr %.3g", method.name,
                              step, total_steps, epoch, _format_terms(terms), float(grad_norm), lr)
+            if epoch_end is not None and step % steps_per_epoch == 0:
+                model.eval()
+                stop = epoch_end(epoch)
+                model.train()
+                if stop:
+                    ctx.log.info("%s: stopping after epoch %d of %d", method.name, epoch, epochs)
+                    break
         if lora:
             adapter = lowrank_adapter(model)
             detach_lora(model, merge=True)
@@ -256,7 +266,7 @@ def train(method: FinetuneMethod, ctx: UnlearnContext) -> Patch:
     patch = (Patch(method.name, ctx.spec.name, adapters=[adapter]) if lora
              else Patch.from_changes(method.name, ctx.spec.name, model, changed))
     patch.info.update({
-        "mode": "lora" if lora else "full", "steps": total_steps, "epochs": epochs,
+        "mode": "lora" if lora else "full", "steps": steps_done, "epochs": epochs,
         "trainable_parameters": n_trainable, "first_loss": first_terms, "final_loss": terms,
     })
     return patch
