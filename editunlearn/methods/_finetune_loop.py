@@ -30,7 +30,7 @@ import torch
 from ..lora import (DEFAULT_TARGET_MODULES, attach_lora, detach_lora, lora_disabled, lora_parameters,
                     lowrank_adapter)
 from ..patch import Patch
-from ..training import QABatch, check_finite, collate_qa
+from ..training import QABatch, check_finite, collate_qa, sequence_nll
 from . import Method, UnlearnContext
 
 FINETUNE_DEFAULTS = {
@@ -68,6 +68,20 @@ class FinetuneMethod(Method):
 
     def unlearn(self, ctx: UnlearnContext) -> Patch:
         return train(self, ctx)
+
+
+class WithRetainTerm(FinetuneMethod):
+    """A forget-set loss plus ``retain_weight`` x NLL(retain); weight 0 = no retain set used."""
+
+    def __init__(self, hparams: dict):
+        super().__init__(hparams)
+        self.uses_retain = self.hparams["retain_weight"] > 0
+
+    def retain_term(self, run: "TrainingRun", retain: list[dict]) -> dict[str, torch.Tensor]:
+        if not self.uses_retain:
+            return {}
+        nll = sequence_nll(run.model, run.batch(qa_pairs(retain))).mean()
+        return {"retain_nll": self.hparams["retain_weight"] * nll}
 
 
 class TrainingRun:

@@ -12,19 +12,15 @@ refusal-target "DPO"), 20 epochs, batch 4, LoRA r 8 / alpha 32 (PISTOL's setting
 import torch
 import torch.nn.functional as F
 
-from ..training import sequence_logprob, sequence_nll
-from ._finetune_loop import FINETUNE_DEFAULTS, FinetuneMethod, qa_pairs
+from ..training import sequence_logprob
+from ._finetune_loop import FINETUNE_DEFAULTS, WithRetainTerm, qa_pairs
 
 
-class RefusalPreference(FinetuneMethod):
+class RefusalPreference(WithRetainTerm):
     name = "idk_dpo"
     defaults = {**FINETUNE_DEFAULTS, "lr": 1.5e-5, "beta": 0.1, "retain_weight": 1.0}
     uses_retain = True
     needs_reference = True
-
-    def __init__(self, hparams: dict):
-        super().__init__(hparams)
-        self.uses_retain = self.hparams["retain_weight"] > 0
 
     def loss_terms(self, run, forget, retain):
         beta, n = self.hparams["beta"], len(forget)
@@ -35,7 +31,4 @@ class RefusalPreference(FinetuneMethod):
         log_ratio = sequence_logprob(run.model, batch) - reference
         margin = log_ratio[:n] - log_ratio[n:]
         terms = {"dpo": F.softplus(-beta * margin).mean()}  # -log sigmoid(x) = softplus(-x)
-        if self.uses_retain:
-            terms["retain_nll"] = self.hparams["retain_weight"] * sequence_nll(
-                run.model, run.batch(qa_pairs(retain))).mean()
-        return terms
+        return {**terms, **self.retain_term(run, retain)}

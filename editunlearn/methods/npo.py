@@ -14,19 +14,15 @@ gradient-ascent family), 20 epochs, batch 4, LoRA r 8 / alpha 32 (PISTOL's setti
 import torch
 import torch.nn.functional as F
 
-from ..training import sequence_logprob, sequence_nll
-from ._finetune_loop import FINETUNE_DEFAULTS, FinetuneMethod, qa_pairs
+from ..training import sequence_logprob
+from ._finetune_loop import FINETUNE_DEFAULTS, WithRetainTerm, qa_pairs
 
 
-class NegativePreferenceOptimisation(FinetuneMethod):
+class NegativePreferenceOptimisation(WithRetainTerm):
     name = "npo"
     defaults = {**FINETUNE_DEFAULTS, "beta": 0.1, "retain_weight": 1.0}
     uses_retain = True
     needs_reference = True
-
-    def __init__(self, hparams: dict):
-        super().__init__(hparams)
-        self.uses_retain = self.hparams["retain_weight"] > 0
 
     def loss_terms(self, run, forget, retain):
         beta = self.hparams["beta"]
@@ -36,7 +32,4 @@ class NegativePreferenceOptimisation(FinetuneMethod):
         log_ratio = sequence_logprob(run.model, batch) - reference
         # log(1 + exp(x)) = softplus(x), stable for large log-ratios
         terms = {"npo": (2 / beta) * F.softplus(beta * log_ratio).mean()}
-        if self.uses_retain:
-            terms["retain_nll"] = self.hparams["retain_weight"] * sequence_nll(
-                run.model, run.batch(qa_pairs(retain))).mean()
-        return terms
+        return {**terms, **self.retain_term(run, retain)}
