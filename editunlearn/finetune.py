@@ -44,6 +44,7 @@ class LearnFacts(FinetuneMethod):
 
     name = "finetune"
     defaults = TRAINING_DEFAULTS
+    items_label = "training"
 
     def loss_terms(self, run, items, _retain):
         return {"nll": sequence_nll(run.model, run.batch(qa_pairs(items))).mean()}

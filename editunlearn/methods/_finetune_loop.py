@@ -53,6 +53,7 @@ class FinetuneMethod(Method):
 
     defaults = FINETUNE_DEFAULTS
     needs_reference = False  # True: ``run.reference`` is the frozen model as it was at the start
+    items_label = "forget"  # what ctx.forget holds, for the log
 
     def __init__(self, hparams: dict):
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -224,10 +225,10 @@ def train(method: FinetuneMethod, ctx: UnlearnContext, epoch_end=None) -> Patch:
         ctx.log.info("%s: %s, %d trainable parameters; optimiser AdamW(lr=%g, weight_decay=%g), "
                      "linear schedule with %d warmup steps, max_grad_norm %g", method.name, what,
                      n_trainable, hp["lr"], hp["weight_decay"], warmup_steps, hp["max_grad_norm"])
-        ctx.log.info("%s: %d forget / %d retain items, %d epochs, batch size %d, gradient "
+        ctx.log.info("%s: %d %s / %d retain items, %d epochs, batch size %d, gradient "
                      "accumulation %d (effective batch %d), %d optimiser steps (%d per epoch)",
-                     method.name, len(forget), len(retain), epochs, batch_size, accumulation,
-                     batch_size * accumulation, total_steps, steps_per_epoch)
+                     method.name, len(forget), method.items_label, len(retain), epochs, batch_size,
+                     accumulation, batch_size * accumulation, total_steps, steps_per_epoch)
 
         run = TrainingRun(ctx, device, reference)
         model.train()
