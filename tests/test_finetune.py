@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 
@@ -30,8 +32,6 @@ def _run(hparams, seed=0):
     fmt = PromptFormatter(tokenizer)
     with torch.no_grad():
         before = float(sequence_nll(model, collate_qa(fmt, [(i["question"], i["answer"]) for i in ITEMS])).mean())
-    import logging
-
     patch, report = finetune(model, tokenizer, spec, fmt, ITEMS, [], {"max_new_tokens": 8, **hparams},
                              logging.getLogger("test"))
     with torch.no_grad():
