@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from .resources import check_resources
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 
 
@@ -126,5 +128,6 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> None
                                 f"under methods: (add `{method}: {{}}` to use its defaults)")
         _check_hparams(config, messages)
         _check_finetune(config, messages)
+        check_resources(config, messages)
     if messages:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(messages))

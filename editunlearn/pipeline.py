@@ -25,6 +25,11 @@ def job(snakemake):
     logging.basicConfig(stream=handle, level=logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
+        from .resources import claim_gpus
+
+        # on a multi-GPU machine without a scheduler: a GPU no other job holds (before CUDA starts)
+        claim_gpus(getattr(snakemake.resources, "gpu", 0),
+                   str(getattr(snakemake.params, "device", "cpu")))
         threads = getattr(snakemake, "threads", 1)
         try:
             import torch
@@ -93,7 +98,7 @@ def finetune_job(*, model_dir, qa_path, factual_path, dataset, spec_params, hpar
 
 
 def unlearn_job(*, model_dir, split_path, targets_path, method, setting, spec_params, hparams,
-                device, out_path, start_patch=None) -> None:
+                device, out_path, start_patch=None, key_stats=None) -> None:
     from .data import split_items
     from .io import read_json, read_jsonl
     from .methods import UnlearnContext, make_method
@@ -111,8 +116,10 @@ def unlearn_job(*, model_dir, split_path, targets_path, method, setting, spec_pa
     runner = make_method(method, hparams)
     LOG.info("method %s on %s, setting %s: %d forget, %d retain items; hparams %s",
              method, spec.name, setting, len(forget), len(retain), hparams)
+    load_base = (lambda: load_for_job(spec_params, model_dir, device)[1]) if start_patch else None
     ctx = UnlearnContext(model, tokenizer, spec, formatter, forget, retain, hparams,
-                         seed=setting.seed, merge=setting.merge, log=LOG)
+                         seed=setting.seed, merge=setting.merge, log=LOG, load_base_model=load_base,
+                         key_stats=key_stats or None)
     start = time.perf_counter()
     patch = runner.unlearn(ctx)
     patch.info.setdefault("hparams", hparams)

@@ -48,27 +48,31 @@ def collate_qa(formatter: PromptFormatter, pairs: list[tuple[str, str]], append_
     return QABatch(ids, mask, labels)
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position log-probability of the next label, and the mask of positions that count."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE
-    safe = shift_labels.masked_fill(~mask, 0)
-    logp = torch.log_softmax(shift_logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+def answer_logprobs(model, batch: QABatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each answer token given what precedes it, shape (B, P), and the mask
+    of the positions that count. Only the positions that predict an answer token in some row are
+    projected onto the vocabulary: that projection is the costliest matmul of a small model, and
+    prompts are several times longer than answers."""
+    targets = batch.labels[:, 1:]
+    scored = targets != IGNORE
+    keep = scored.any(0).nonzero().squeeze(-1)  # state t predicts token t + 1
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   logits_to_keep=keep).logits
+    kept_targets, mask = targets[:, keep], scored[:, keep]
+    safe = kept_targets.masked_fill(~mask, 0)
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     return logp * mask, mask
 
 
 def sequence_nll(model, batch: QABatch) -> torch.Tensor:
     """Mean answer-token NLL of each example, shape (B,)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logp, mask = token_logprobs(logits, batch.labels)
+    logp, mask = answer_logprobs(model, batch)
     return -logp.sum(1) / mask.sum(1).clamp(min=1)
 
 
 def sequence_logprob(model, batch: QABatch) -> torch.Tensor:
     """Summed answer-token log-probability of each example, shape (B,) (for DPO/NPO ratios)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    logp, _ = token_logprobs(logits, batch.labels)
+    logp, _ = answer_logprobs(model, batch)
     return logp.sum(1)
 
 

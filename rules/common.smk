@@ -7,6 +7,7 @@ from editunlearn.data import DATASETS, SOURCES
 from editunlearn.methods import method_code_files
 from editunlearn import finetune as finetune_module
 from editunlearn.models import ModelSpec
+from editunlearn.resources import job_resources
 from editunlearn.settings import SETTING_RE, Setting
 
 
@@ -22,8 +23,27 @@ wildcard_constraints:
 
 RESULTS = "results"
 FINETUNE_MODULE = finetune_module.__file__
-HEAVY_THREADS = 4  # capped by --cores; torch intra-op threads for one model job
 CONDA_ENV = "../envs/editunlearn.yaml"  # used with --sdm conda by the model jobs
+
+
+def _model_job_value(group, key):
+    def value(wildcards):
+        return job_resources(config, wildcards.model, group)[key]
+
+    return value
+
+
+def model_job_threads(group):
+    """CPU cores of a model job (group: finetune, unlearn or evaluate), from the config's
+    `resources:` block, per model size class; capped by --cores."""
+    return _model_job_value(group, "threads")
+
+
+def model_job_resources(group):
+    """gpu, mem_mb and runtime (minutes) of a model job, for `resources: **model_job_resources(g)`:
+    what a SLURM job asks for (profiles/slurm) and what `--resources gpu=N` counts locally.
+    Not params: changing them reruns nothing."""
+    return {key: _model_job_value(group, key) for key in ("gpu", "mem_mb", "runtime")}
 
 
 def model_spec(model):

@@ -1,8 +1,11 @@
 # Datasets: pinned source files (mirror first, then download, sha256-checked), splits, targets.
 
 
+# light steps: run by the main snakemake process, never submitted as cluster jobs
 localrules:
     fetch_data,
+    make_split,
+    idk_targets,
 
 
 rule fetch_data:

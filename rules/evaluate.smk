@@ -1,6 +1,10 @@
 # Evaluation of (start model + patch) on each split; a summary per job.
 
 
+localrules:
+    summarize_setting,  # a few JSON files: no cluster job
+
+
 rule evaluate_split:
     input:
         unpack(start_inputs),
@@ -13,7 +17,9 @@ rule evaluate_split:
         spec=lambda w: spec_params(w.model),
         eval=config["eval"],
         device=config["device"],
-    threads: HEAVY_THREADS
+    threads: model_job_threads("evaluate")
+    resources:
+        **model_job_resources("evaluate"),
     conda:
         CONDA_ENV
     log:

@@ -14,7 +14,9 @@ rule finetune:
         spec=lambda w: spec_params(w.model),
         hparams=lambda w: finetune_hparams(w.model),
         device=config["device"],
-    threads: HEAVY_THREADS
+    threads: model_job_threads("finetune")
+    resources:
+        **model_job_resources("finetune"),
     conda:
         CONDA_ENV
     log:

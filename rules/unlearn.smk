@@ -7,13 +7,16 @@ rule unlearn:
         split=lambda w: f"resources/splits/{w.dataset}/{Setting.parse(w.setting).split_name}.json",
         targets=targets_file,
         method_code=lambda w: method_code_files(w.method),
+        key_stats=key_stats_file,  # editors only (rules/stats.smk)
     output:
         f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/patch.safetensors",
     params:
         spec=lambda w: spec_params(w.model),
         hparams=lambda w: method_hparams(config, w.method, w.model),
         device=config["device"],
-    threads: HEAVY_THREADS
+    threads: model_job_threads("unlearn")
+    resources:
+        **model_job_resources("unlearn"),
     conda:
         CONDA_ENV
     log:

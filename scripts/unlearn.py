@@ -12,4 +12,5 @@ with job(snakemake):
         device=snakemake.params.device,
         out_path=snakemake.output[0],
         start_patch=snakemake.input.get("start_patch"),
+        key_stats=snakemake.input.get("key_stats"),  # editors' key statistics (rules/stats.smk)
     )

@@ -153,6 +153,24 @@ def test_divergence_in_a_job_writes_no_patch(tmp_path, tiny_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["split.json", "targets.jsonl"]
 
 
+@pytest.mark.parametrize("lora", [None, {"r": 2}])
+def test_kl_reference_can_be_the_model_before_fine_tuning(lora):
+    def first_kl(hparams, load_base):
+        ctx = _context()
+        ctx.load_base_model = load_base
+        patch = make_method("kl", {**QUICK, "epochs": 1, "lora": lora, **hparams}).unlearn(ctx)
+        return patch.info["first_loss"]["retain_kl"]
+
+    pre_finetune = lambda: build_tiny_llama(seed=1)[0]  # noqa: E731 - stands in for the base
+    # the first step sees the starting model itself as reference: nothing to diverge from yet
+    assert first_kl({}, pre_finetune) < 1e-6
+    assert first_kl({"reference": "base"}, pre_finetune) > 0.01
+    # without a fine-tuning stage the base is the starting model
+    assert first_kl({"reference": "base"}, None) < 1e-6
+    with pytest.raises(ValueError, match="'reference' must be 'start' or 'base'"):
+        make_method("kl", {"reference": "finetuned"})
+
+
 def test_retain_use_is_declared():
     assert not make_method("ga", {}).uses_retain
     assert all(make_method(m, {}).uses_retain for m in ("gd", "kl", "dpo", "npo", "idk_dpo"))

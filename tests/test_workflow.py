@@ -120,6 +120,19 @@ def test_second_run_does_nothing(workflow):
     assert workflow.planned_outputs() == set()
 
 
+def test_changing_resources_reruns_nothing(workflow):
+    """Resources (config `resources:`) say where a job runs, not what it computes."""
+    config = _config(workflow.tiny_dirs, workflow.mirror)
+    config["resources"] = {"default_class": "big", "classes": {"big": {
+        "gpu": 2, "threads": 1, "mem_mb": 123456, "runtime": 999,
+        "per_rule": {"evaluate": {"gpu": 0}}}}}
+    workflow.write_config(config)
+    try:
+        assert workflow.planned_outputs() == set()
+    finally:
+        workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
+
+
 def test_changing_one_models_setting_reruns_only_its_jobs(workflow):
     config = yaml.safe_load(workflow.configfile.read_text())
     config["models"]["tiny-b"]["system_prompt"] = "Answer briefly."

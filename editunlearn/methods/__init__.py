@@ -14,6 +14,7 @@ import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..models import ModelSpec
 from ..patch import Patch
@@ -34,6 +35,10 @@ class UnlearnContext:
     seed: int = 0
     merge: int = 1
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("editunlearn"))
+    key_stats: str | None = None  # key-statistics file (editors that need one; editing/stats.py)
+    # loads the model as it was before the dataset's fine-tuning stage (None: there was none, the
+    # starting model is the base model); KL's `reference: base` option needs it
+    load_base_model: Callable[[], object] | None = None
 
 
 class Method(ABC):

@@ -16,6 +16,8 @@ Hyper-parameters shared by every baseline (``FINETUNE_DEFAULTS``):
   lora: {r, alpha, target_modules} trains LoRA factors (patch = the factors, a few MB); null = full
     fine-tuning of the parameters whose names contain one of ``trainable`` (null = all of them;
     the patch then holds every trained tensor);
+  bf16_autocast: run forward and backward under bfloat16 autocast (weights and optimiser stay
+    float32) -- ~1.4x faster on CPUs with bf16 support, measured on the embedded model;
   the seed is the setting's seed (``ctx.seed``), not a hyper-parameter.
 """
 
@@ -43,6 +45,7 @@ FINETUNE_DEFAULTS = {
     "max_grad_norm": 1.0,
     "lora": {"r": 8, "alpha": 32, "target_modules": list(DEFAULT_TARGET_MODULES)},
     "trainable": None,
+    "bf16_autocast": False,
 }
 
 LOG_LINES_PER_RUN = 20
@@ -53,6 +56,11 @@ class FinetuneMethod(Method):
 
     defaults = FINETUNE_DEFAULTS
     needs_reference = False  # True: ``run.reference`` is the frozen model as it was at the start
+
+    def reference_is_base(self, ctx: UnlearnContext) -> bool:
+        """True when the reference must be the model before the fine-tuning stage rather than
+        the starting model (KL's ``reference: base``)."""
+        return False
     items_label = "forget"  # what ctx.forget holds, for the log
 
     def __init__(self, hparams: dict):
@@ -204,17 +212,21 @@ def train(method: FinetuneMethod, ctx: UnlearnContext, epoch_end=None) -> Patch:
     log_every = max(1, total_steps // LOG_LINES_PER_RUN)
 
     try:
+        base_reference = None
+        if method.needs_reference and method.reference_is_base(ctx):
+            base_reference = ctx.load_base_model().eval().requires_grad_(False)
+            ctx.log.info("%s: reference = the model before fine-tuning", method.name)
         if lora:
             wrapped = attach_lora(model, lora["r"], lora["alpha"], lora["target_modules"],
                                   generator=torch.Generator().manual_seed(ctx.seed))
             params = lora_parameters(model)
-            reference = _LoRAOffReference(model) if method.needs_reference else None
+            reference = base_reference or (_LoRAOffReference(model) if method.needs_reference else None)
             what = (f"LoRA r={lora['r']} alpha={lora['alpha']} on {len(wrapped)} modules "
                     f"({', '.join(lora['target_modules'])})")
         else:
             # copy before any parameter is frozen or trained
-            reference = (copy.deepcopy(model).eval().requires_grad_(False)
-                         if method.needs_reference else None)
+            reference = base_reference or (copy.deepcopy(model).eval().requires_grad_(False)
+                                           if method.needs_reference else None)
             trained_names = select_trainable(model, hp["trainable"])
             params = [p for p in model.parameters() if p.requires_grad]
             what = f"full fine-tuning of {len(trained_names)} tensors"
@@ -223,14 +235,16 @@ def train(method: FinetuneMethod, ctx: UnlearnContext, epoch_end=None) -> Patch:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                       linear_warmup_decay(warmup_steps, total_steps))
         ctx.log.info("%s: %s, %d trainable parameters; optimiser AdamW(lr=%g, weight_decay=%g), "
-                     "linear schedule with %d warmup steps, max_grad_norm %g", method.name, what,
-                     n_trainable, hp["lr"], hp["weight_decay"], warmup_steps, hp["max_grad_norm"])
+                     "linear schedule with %d warmup steps, max_grad_norm %g, bf16 autocast %s", method.name,
+                     what, n_trainable, hp["lr"], hp["weight_decay"], warmup_steps,
+                     hp["max_grad_norm"], bool(hp["bf16_autocast"]))
         ctx.log.info("%s: %d %s / %d retain items, %d epochs, batch size %d, gradient "
                      "accumulation %d (effective batch %d), %d optimiser steps (%d per epoch)",
                      method.name, len(forget), method.items_label, len(retain), epochs, batch_size,
                      accumulation, batch_size * accumulation, total_steps, steps_per_epoch)
 
         run = TrainingRun(ctx, device, reference)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(hp["bf16_autocast"]))
         model.train()
         first_terms, terms, steps_done = None, {}, 0
         steps = _step_batches(len(forget), len(retain), batch_size, accumulation, epochs, ctx.seed)
@@ -238,8 +252,9 @@ def train(method: FinetuneMethod, ctx: UnlearnContext, epoch_end=None) -> Patch:
             optimizer.zero_grad(set_to_none=True)
             terms = {}
             for forget_idx, retain_idx in group:
-                parts = method.loss_terms(run, [forget[i] for i in forget_idx],
-                                          [retain[i] for i in retain_idx])
+                with autocast:
+                    parts = method.loss_terms(run, [forget[i] for i in forget_idx],
+                                              [retain[i] for i in retain_idx])
                 loss = sum(parts.values())
                 check_finite(loss, step)
                 (loss / len(group)).backward()

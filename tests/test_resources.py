@@ -1,0 +1,117 @@
+"""Per-model job resources from config `resources:`, and one GPU per job on a workstation."""
+
+import copy
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from editunlearn.config import ConfigError, validate_config
+from editunlearn.resources import claim_gpus, job_resources
+
+
+@pytest.fixture
+def config(repo):
+    with open(repo / "config.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def test_size_classes_and_per_rule_overrides(config):
+    assert job_resources(config, "smollm2-135m", "unlearn")["gpu"] == 0
+    big = job_resources(config, "llama2-7b-chat", "unlearn")
+    assert big["gpu"] == 1 and big["mem_mb"] >= 32000
+    assert job_resources(config, "llama3.1-8b-instruct", "evaluate")["gpu"] == 1
+    # a model missing from resources.models gets the default class
+    assert job_resources(config, "my-local-model", "evaluate") == \
+        job_resources(config, "smollm2-135m", "evaluate")
+    cls = config["resources"]["classes"]["cpu-small"]
+    cls["per_rule"] = {"evaluate": {"runtime": 7}}
+    assert job_resources(config, "smollm2-135m", "evaluate")["runtime"] == 7
+    assert job_resources(config, "smollm2-135m", "unlearn")["runtime"] == cls["runtime"]
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["resources"].update(default_class="huge"), "resources.default_class"),
+    (lambda c: c["resources"]["models"].update({"gpt-5": "gpu-7b"}), "resources.models.gpt-5"),
+    (lambda c: c["resources"]["models"].update({"smollm2-135m": "tiny"}), "resources.models.smollm2-135m"),
+    (lambda c: c["resources"]["classes"]["gpu-7b"].update(gpus=2), "resources.classes.gpu-7b.gpus"),
+    (lambda c: c["resources"]["classes"]["gpu-7b"].update(mem_mb="40G"), "resources.classes.gpu-7b.mem_mb"),
+    (lambda c: c["resources"]["classes"]["gpu-7b"]["per_rule"].update(table={}),
+     "resources.classes.gpu-7b.per_rule.table"),
+])
+def test_bad_resources_name_the_key(config, mutate, key):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad)
+    assert f"'{key}" in str(err.value)
+
+
+def test_rules_ask_for_the_configured_resources(snakemake_exe, repo, tmp_path):
+    """Dry run of a 7B model: its model jobs ask for a GPU and the class's memory and time;
+    light steps ask for nothing (they are local rules)."""
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text("run: {models: [llama2-7b-chat], datasets: [factual], methods: [base]}\n")
+    proc = subprocess.run([snakemake_exe, "-n", "--snakefile", str(repo / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "16"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    blocks = {}
+    for block in proc.stdout.split("\n\n"):
+        m = re.search(r"^rule (\w+):", block, re.M)
+        if m:
+            blocks.setdefault(m.group(1), block)
+    assert re.search(r"threads: 8\n\s+resources: .*gpu=1, runtime=240, mem_mb=40000", blocks["unlearn"])
+    assert re.search(r"threads: 8\n\s+resources: .*gpu=1, runtime=120, mem_mb=32000",
+                     blocks["evaluate_split"])
+    for rule in ("fetch_data", "make_split", "idk_targets", "prepare_model", "summarize_setting"):
+        assert "gpu=" not in blocks[rule], rule
+
+
+@pytest.fixture
+def release_gpus():
+    from editunlearn import resources
+
+    yield
+    while resources._held_locks:
+        resources._held_locks.pop().close()
+
+
+def test_claim_gpus_gives_each_job_its_own_gpu(tmp_path, monkeypatch, release_gpus):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert claim_gpus(1, "auto", lock_dir=tmp_path, count=3) == [0]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    # a second job on the same machine (another process) gets another GPU
+    child = (
+        "import os, sys; from editunlearn.resources import claim_gpus; "
+        f"print(claim_gpus(2, 'cuda', lock_dir={str(tmp_path)!r}, count=3), "
+        "os.environ['CUDA_VISIBLE_DEVICES'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env,
+                         timeout=120, check=True).stdout
+    assert out.strip() == "[1, 2] 1,2"  # the child ended: its locks are free again
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, env=env,
+                         timeout=120, check=True).stdout
+    assert out.strip() == "[1, 2] 1,2"
+
+
+@pytest.mark.parametrize("gpu, device, env, count", [
+    (0, "auto", {}, 4),                               # the job asks for no GPU
+    (1, "cpu", {}, 4),                                # the config says CPU
+    (1, "cuda:1", {}, 4),                             # the config names the GPU
+    (1, "auto", {"CUDA_VISIBLE_DEVICES": "3"}, 4),    # the user or a scheduler chose
+    (1, "auto", {"SLURM_JOB_ID": "7"}, 4),            # SLURM allocated it
+    (1, "auto", {}, 1),                               # one GPU: nothing to choose
+])
+def test_claim_gpus_leaves_made_choices_alone(tmp_path, monkeypatch, gpu, device, env, count):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert claim_gpus(gpu, device, lock_dir=tmp_path, count=count) is None
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == env.get("CUDA_VISIBLE_DEVICES")
