@@ -239,6 +239,16 @@ def test_merging_makes_one_edit_per_group():
     assert [e["items"] for e in patch.info["edits"]] == [["f0", "f1"], ["f2"]]
 
 
+def test_merged_requests_key_on_merged_subject():
+    items = FORGET[:2]
+    (merged,) = build_requests(items, "entity", merge=2, merged_subject="question")
+    assert merged.subject == "Who wrote the play 'Romeo and Juliet'? What is the capital of Australia?"
+    (merged,) = build_requests(items, "entity", merge=2, merged_subject="entity")
+    assert merged.subject == "Australia"
+    single = build_requests(items, "entity", merge=1, merged_subject="question")
+    assert [r.subject for r in single] == ["Romeo and Juliet", "Australia"]
+
+
 # ------------------------------------------------------------------------- whole methods
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -7,7 +7,8 @@ Written from the papers (Meng et al. 2022, 2023; Fang et al. 2025), not from any
 - ``values``: the target value optimisation (v* for ROME, z for MEMIT/AlphaEdit).
 - ``keys``: keys (inputs of an MLP down-projection) of requests.
 - ``updates``: the closed-form weight updates (rank-one, least squares, null-space projected).
-- ``stats``: the key second-moment statistics, a cached pipeline artifact.
+- ``stats``: the key second-moment statistics, a cached pipeline artifact (``jobs``: its rules'
+  job bodies).
 - ``editor``: the sequential editing loop shared by the three method modules.
 
 Method modules import the submodules directly (not this package's namespace), so the pipeline's

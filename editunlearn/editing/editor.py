@@ -30,6 +30,8 @@ COMMON_DEFAULTS = {
     "layers": [5],
     # key token: see editing/requests.py; the whole question keys every edit on its final '?'
     "subject": "entity",
+    # with query merging (setting _m<k>, k > 1): the merged prompt's final '?' (see requests.py)
+    "merged_subject": "question",
     "fact_token": "subject_last",
     "v_num_grad_steps": 25,
     "v_lr": 0.5,
@@ -143,8 +145,9 @@ class LocateEditMethod(Method):
             self._fail("layers", "a non-empty list of distinct layer indices")
         if self.single_layer and len(layers) != 1:
             self._fail("layers", f"exactly one layer for {self.name} (e.g. [5])")
-        if hp["subject"] not in SUBJECTS:
-            self._fail("subject", f"one of {', '.join(SUBJECTS)}")
+        for key in ("subject", "merged_subject"):
+            if hp[key] not in SUBJECTS:
+                self._fail(key, f"one of {', '.join(SUBJECTS)}")
         if hp["fact_token"] not in FACT_TOKENS:
             self._fail("fact_token", f"one of {', '.join(FACT_TOKENS)}")
         if not _is_int(hp["v_num_grad_steps"]) or hp["v_num_grad_steps"] < 1:
@@ -217,16 +220,17 @@ class LocateEditMethod(Method):
             raise HyperParameterError(f"{self.name}: key statistics are computed at the model's "
                                       f"modules.mlp_down; set that instead of rewrite_module_tmp")
 
-        requests = build_requests(ctx.forget, hp["subject"], ctx.merge)
+        requests = build_requests(ctx.forget, hp["subject"], ctx.merge, hp["merged_subject"])
         prefixes = sample_prefixes(ctx.model, ctx.tokenizer, hp["context_template_length_params"],
                                    ctx.seed)
         prepared = self.prepare(ctx, requests, prefixes)
         size = hp["batch_size"] if self.batched else 1
         batches = [prepared[i:i + size] for i in range(0, len(prepared), size)]
+        subject = hp["merged_subject"] if ctx.merge > 1 else hp["subject"]
         ctx.log.info("%s: %d forget items -> %d requests (merge %d), %d update(s) of %d request(s); "
                      "layers %s, subject %s, %d context(s) per request; e.g. key token %r of %r",
                      self.name, len(ctx.forget), len(requests), ctx.merge, len(batches), size,
-                     hp["layers"], hp["subject"], len(prefixes),
+                     hp["layers"], subject, len(prefixes),
                      ctx.tokenizer.decode([prepared[0].contexts[0].input_ids[prepared[0].contexts[0].lookup]]),
                      requests[0].question)
 

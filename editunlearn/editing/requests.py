@@ -17,7 +17,11 @@ keys there look alike across questions; sequential refusal edits keyed on '?' ma
 retain questions refuse too (DESIGN §4). A key on the question's own words differs per question.
 
 Query merging (paper §3.2): ``merge_items`` joins m forget questions into one request with one
-shared refusal target (the first item's); evaluation still asks each question on its own.
+shared refusal target (the first item's); evaluation still asks each question on its own. The
+merged request's key comes from ``merged_subject`` (default ``question``: the merged prompt's
+final token, as the paper edits it). That is deliberate: one edit can only make the m questions,
+asked alone, refuse through a key they share -- the final '?' and template tail -- whereas an
+entity key would cover only the last question of the group.
 """
 
 from __future__ import annotations
@@ -143,17 +147,27 @@ def merge_items(items: list[dict], merge: int) -> list[list[dict]]:
     return [items[i:i + merge] for i in range(0, len(items), merge)]
 
 
-def build_requests(items: list[dict], subject: str, merge: int = 1) -> list[Request]:
+def build_requests(items: list[dict], subject: str, merge: int = 1,
+                   merged_subject: str | None = None) -> list[Request]:
     """One request per group of ``merge`` forget items: their questions joined by a space, the
-    first item's refusal target shared by all."""
+    first item's refusal target shared by all. With merge > 1 the subject is ``merged_subject``
+    (default: ``subject``)."""
+    if merge > 1 and merged_subject is not None:
+        subject = merged_subject
     requests = []
     for group in merge_items(items, merge):
         missing = [it.get("id", "?") for it in group if not it.get("target")]
         if missing:
             raise ValueError(f"forget item(s) {missing} have no refusal 'target' to edit towards")
-        question = MERGE_SEPARATOR.join(it["question"].strip() for it in group)
-        requests.append(Request(question, group[0]["target"], subject_span(question, subject),
-                                [it.get("id", "") for it in group]))
+        questions = [it["question"].strip() for it in group]
+        question = MERGE_SEPARATOR.join(questions)
+        if subject == "question":
+            span = subject_span(question, subject)
+        else:  # the last question's content or entity (a name in an earlier one ends sooner)
+            offset = len(question) - len(questions[-1])
+            start, end = subject_span(questions[-1], subject)
+            span = (start + offset, end + offset)
+        requests.append(Request(question, group[0]["target"], span, [it.get("id", "") for it in group]))
     return requests
 
 

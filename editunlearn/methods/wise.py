@@ -45,15 +45,16 @@ from ._lifelong import (NEUTRAL_PROMPTS, DownProjAdaptor, EditBatch, adaptor_of,
                         resolve_inner_module, sequence_tracker, ties_merge)
 
 ADAPTER_KIND = "wise_side_memory"
-CHOICES = {"optimizer": ("sgd", "adam"), "merge_alg": ("ties",), "loc_source": ("neutral", "retain"),
+CHOICES = {"optimizer": ("sgd", "adam"), "act_agg": ("mean", "max"), "merge_alg": ("ties",), "loc_source": ("neutral", "retain"),
            "reg": ("early_stop", "none")}
 
 
 class WiseMemories(DownProjAdaptor):
     """Side memories of one down-projection: deltas (M x d_out x d_in) and thresholds (M)."""
 
-    def __init__(self, tracker, d_in: int, d_out: int, device=None):
+    def __init__(self, tracker, d_in: int, d_out: int, agg: str = "mean", device=None):
         super().__init__(tracker)
+        self.agg = agg
         self.register_buffer("deltas", torch.zeros(0, d_out, d_in, device=device))
         self.register_buffer("thresholds", torch.zeros(0, device=device))
 
@@ -72,11 +73,11 @@ class WiseMemories(DownProjAdaptor):
         explicit = real is not None
         real = real if explicit else self.tracker.real(batch, length, x.device)
         side = torch.einsum("btd,mod->mbto", x.float(), self.deltas)  # (M, B, T, d_out)
-        score = side.norm(dim=-1) * real  # padding never routes
-        start = self.carried(batch, lambda: torch.zeros(len(self), batch, device=x.device), explicit)
-        running = torch.maximum(score.cummax(dim=2).values, start[:, :, None])
+        fresh = lambda: torch.zeros(3, len(self), batch, device=x.device)  # noqa: E731
+        state = self.carried(batch, fresh, explicit)
+        running, state = sequence_scores(side.norm(dim=-1), real, self.agg, state)
         if not explicit:
-            self._carry = running[:, :, -1]
+            self._carry = state
         ratio = running / self.thresholds[:, None, None]
         best_ratio, best = ratio.max(0)  # (B, T): the memory most confident about this sequence
         chosen = side.gather(0, best[None, ..., None].expand(1, -1, -1, side.shape[-1]))[0]
@@ -84,11 +85,36 @@ class WiseMemories(DownProjAdaptor):
         return out + torch.where(routed[..., None], chosen, 0.0).to(out.dtype)
 
     def routed_prompts(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """Which whole prompts (B, T, d_in) end up on a side memory at their last token."""
+        """Which whole prompts (B, T, d_in) end up on a side memory by their last token."""
         if len(self) == 0:
             return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        best = ((self.scores(x) * real).amax(2) / self.thresholds[:, None]).amax(0)
-        return best > 1
+        running, _ = sequence_scores(self.scores(x), real, self.agg)
+        return (running[:, :, -1] / self.thresholds[:, None]).amax(0) > 1
+
+
+def sequence_scores(token_scores: torch.Tensor, real: torch.Tensor, agg: str,
+                    state: torch.Tensor | None = None, curve_only: bool = False):
+    """Routing score of a sequence at each position from its token scores (..., B, T): the
+    running maximum of the token scores (``max``) or of the mean token score so far (``mean``),
+    padding excluded; both depend only on tokens up to the position. ``state`` (3, ..., B) =
+    (running maximum, score sum, token count) carried over from the previous call of cached
+    decoding. Returns (scores (..., B, T), new state); ``curve_only``: the per-position values
+    before the running maximum (a token's score, or the mean so far)."""
+    scores = token_scores * real
+    if state is None:
+        state = torch.zeros(3, *scores.shape[:-1], device=scores.device)
+    best, total, count = state
+    if agg == "max":
+        curve = scores
+    else:
+        sums = total[..., None] + scores.cumsum(-1)
+        counts = count[..., None] + real.float().cumsum(-1)
+        curve = torch.where(real, sums / counts.clamp(min=1), 0.0)
+        total, count = sums[..., -1], counts[..., -1]
+    if curve_only:
+        return curve
+    running = torch.maximum(curve.cummax(-1).values, best[..., None])
+    return running, torch.stack([running[..., -1], total, count.expand_as(total)])
 
 
 @register_adapter(ADAPTER_KIND)
@@ -101,7 +127,8 @@ def _install(model, config: dict, state: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"wise side memories for {config['module']!r} have shape "
                          f"{tuple(deltas.shape[1:])}, the model's layer {tuple(module.weight.shape)}")
     device = module.weight.device
-    memories = WiseMemories(sequence_tracker(model), module.in_features, module.out_features, device)
+    memories = WiseMemories(sequence_tracker(model), module.in_features, module.out_features,
+                            config.get("act_agg", "max"), device)
     memories.deltas = deltas.float().to(device)
     memories.thresholds = state["thresholds"].float().to(device)
     memories.attach(model, config["module"])
@@ -119,6 +146,7 @@ class Wise(Method):
         "norm_constraint": 1.0,
         "act_margin": [5.0, 20.0, 10.0],
         "act_ratio": 0.88,
+        "act_agg": "max",
         "save_freq": 5,
         "merge_freq": 20,
         "merge_alg": "ties",
@@ -213,7 +241,8 @@ class WiseEditor:
         self.memories = adaptor_of(model, self.module)
         if self.memories is None:
             self.memories = WiseMemories(sequence_tracker(model), linear.in_features,
-                                         linear.out_features, self.device).attach(model, self.module)
+                                         linear.out_features, hparams["act_agg"],
+                                         self.device).attach(model, self.module)
         elif not isinstance(self.memories, WiseMemories):
             raise RuntimeError(f"{self.module} already carries a {type(self.memories).__name__}")
         self.closed = len(self.memories)  # memories installed before stay as they are
@@ -268,27 +297,34 @@ class WiseEditor:
         alpha, beta, gamma = hp["act_margin"]
         delta = torch.nn.Parameter(self.shard.clone())
         opt = (torch.optim.SGD if hp["optimizer"] == "sgd" else torch.optim.Adam)([delta], lr=hp["edit_lr"])
-        ratio = hp["act_ratio"]
+        ratio, agg = hp["act_ratio"], hp["act_agg"]
         steps = 0
         while True:
             opt.zero_grad(set_to_none=True)
             side = F.linear(batch.x.float(), delta)
-            token_scores = side.norm(dim=-1) * batch.real
-            s_edit = (token_scores * distinct).amax()
+            token_scores = side.norm(dim=-1)
+            # the edit's score from its own positions only: a running value there would carry
+            # the shared preamble's scores along
+            s_edit = (sequence_scores(token_scores, batch.real, agg, curve_only=True) * distinct).amax()
+            running, _ = sequence_scores(token_scores, batch.real, agg)
             with torch.no_grad():
                 # train as it will be used: the side memory answers from the first position whose
-                # running score reaches the routing ratio of the edit's score, the main memory
+                # routing score reaches the routing ratio of the edit's score, the main memory
                 # before that (the shared preamble stays on the main memory at inference)
-                gate = (token_scores.cummax(1).values >= ratio * s_edit) & batch.real
+                gate = (running >= ratio * s_edit) & batch.real
             nll, exact = batch.target_stats(batch.base_out + side * gate[..., None])
             pick = torch.randint(len(self.loc_x), (min(hp["n_loc"], len(self.loc_x)),),
                                  generator=self.generator).to(self.device)
-            s_out = (F.linear(self.loc_x[pick].float(), delta).norm(dim=-1) * self.loc_real[pick]).amax(1)
+            loc_scores = F.linear(self.loc_x[pick].float(), delta).norm(dim=-1)
+            s_out = sequence_scores(loc_scores, self.loc_real[pick], agg)[0].amax(-1)
             margin = (F.relu(s_out - alpha) + F.relu(beta - s_edit)
                       + F.relu(gamma - (s_edit - s_out))).mean()
-            # done when the edit works: greedy decoding gives the target and the edit would route
-            # to this memory while the sampled out-of-scope prompts would not
-            routed = float(s_edit.detach()) * ratio > float(s_out.detach().max())
+            # done when the edit works: greedy decoding gives the target, and its score reaches
+            # beta and would route it while the sampled out-of-scope prompts stay below (alpha
+            # itself may be out of reach at another model's score scale). A weak edit would set
+            # a low threshold for its whole memory: it is the weakest edit that fixes it
+            score = float(s_edit.detach())
+            routed = score >= beta and score * ratio > float(s_out.detach().max())
             if steps == hp["n_iter"] or (hp["reg"] == "early_stop" and exact and routed):
                 break
             (nll + margin).backward()
@@ -338,8 +374,10 @@ class WiseEditor:
 
     def _publish(self, delta: torch.Tensor, close: bool) -> None:
         """Install the open memory in the adaptor, with its threshold from all its edits."""
-        scores = torch.stack([self.memories.scores(x[None], delta[None])[0, 0].max()
-                              for x in self.memory.edit_inputs])
+        scores = torch.stack([
+            sequence_scores(self.memories.scores(x[None], delta[None])[0],
+                            torch.ones_like(x[None, :, 0], dtype=torch.bool), self.hp["act_agg"])[0].max()
+            for x in self.memory.edit_inputs])
         threshold = self.hp["act_ratio"] * scores.min()
         slot = self.closed
         self.memories.deltas = torch.cat([self.memories.deltas[:slot], delta[None]])
@@ -363,6 +401,6 @@ class WiseEditor:
                 "module": self.module}
 
     def adapter(self) -> Adapter:
-        return Adapter(ADAPTER_KIND, {"module": self.module},
+        return Adapter(ADAPTER_KIND, {"module": self.module, "act_agg": self.memories.agg},
                        {"deltas": self.memories.deltas.detach().cpu().clone(),
                         "thresholds": self.memories.thresholds.detach().cpu().clone()})
