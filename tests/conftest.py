@@ -21,6 +21,18 @@ def mirror():
     return MIRROR
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tests on tiny matrices run on one torch thread: extra intra-op threads only add
+    synchronisation, which on a busy 2-core machine made them ~15x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """(model, tokenizer) of a tiny random Llama; tests must not modify it (use fresh_tiny)."""

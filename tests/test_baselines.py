@@ -35,14 +35,7 @@ RETAIN = [
 QUICK = {"epochs": 3, "batch_size": 2, "lr": 1e-2, "warmup_ratio": 0.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: intra-op threads only add synchronisation, which on a busy 2-core machine
-    # made these tests ~15x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _context():

@@ -37,12 +37,7 @@ STRONG = {"v_lr": 1.0, "v_num_grad_steps": 30, "clamp_norm_factor": 50.0, "kl_fa
           "v_weight_decay": 0.0, "fact_token": "prompt_last"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(tie=True):

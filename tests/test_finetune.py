@@ -18,12 +18,7 @@ ITEMS = [{"id": f"p{i}", "question": q, "answer": a} for i, (q, a) in enumerate(
 ])]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(hparams, seed=0):

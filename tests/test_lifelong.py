@@ -36,12 +36,7 @@ WISE_QUICK = {"inner_params": [LAYER], "optimizer": "adam", "edit_lr": 0.05, "n_
               "save_freq": 1, "merge_freq": 2, "act_margin": [1.0, 5.0, 3.0], "loc_prompts": OTHER}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: extra threads only add synchronisation
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
