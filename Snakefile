@@ -28,8 +28,10 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/finetune.smk"
 include: "rules/stats.smk"
+include: "rules/generate.smk"
 include: "rules/unlearn.smk"
 include: "rules/evaluate.smk"
+include: "rules/judge.smk"
 include: "rules/tables.smk"
 
 
@@ -39,3 +41,4 @@ rule all:
         "results/tables/base_models.csv",
         "results/tables/base_models.md",
         all_setting_summaries(),
+        all_judge_summaries(),

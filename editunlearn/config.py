@@ -98,6 +98,37 @@ def _check_hparams(config: dict, messages: list[str]) -> None:
             _check_keys(f"methods.{name}.per_model.{model}", values, defaults, repr(name), messages)
 
 
+def _check_llm(config: dict, messages: list[str]) -> None:
+    """Each LLM task's merged settings (``llm:`` + ``<task>.llm``): a local model must be in the
+    registry (null only where it means the model under study), an openai model must be named."""
+    from .llm import TASKS
+
+    for task in TASKS:
+        override = config[task].get("llm") or {}
+        merged = {**config["llm"], **override}
+        where = f"{task}.llm.model" if "model" in override else "llm.model"
+        model = merged.get("model")
+        if merged["backend"] == "local":
+            if model is None and task != "self_improve":
+                messages.append(f"config key '{where}': {task} with the local backend needs a "
+                                f"model of the registry (null means the model under study, which "
+                                f"only self_improve has)")
+            elif model is not None and model not in config["models"]:
+                messages.append(f"config key '{where}': unknown model {model!r} for the local "
+                                f"backend of {task} (registered under models: "
+                                f"{', '.join(config['models'])}; for a served model set "
+                                f"'{task}.llm.backend: openai')")
+        elif model is None:
+            messages.append(f"config key '{where}': the openai backend of {task} needs the served "
+                            f"model's name (e.g. gpt-4o)")
+        if merged["backoff_max"] < merged["backoff_initial"]:
+            messages.append(f"config key '{task}.llm.backoff_max': below backoff_initial")
+    for i, method in enumerate(config["self_improve"]["methods"]):
+        if method not in config["run"]["methods"]:
+            messages.append(f"config key 'self_improve.methods[{i}]': method {method!r} is not in "
+                            f"run.methods")
+
+
 def _same_kind(default, value) -> bool:
     if default is None or value is None:
         return True
@@ -128,6 +159,7 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> None
                                 f"under methods: (add `{method}: {{}}` to use its defaults)")
         _check_hparams(config, messages)
         _check_finetune(config, messages)
+        _check_llm(config, messages)
         check_resources(config, messages)
     if messages:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(messages))

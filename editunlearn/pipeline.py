@@ -131,10 +131,12 @@ def unlearn_job(*, model_dir, split_path, targets_path, method, setting, spec_pa
 
 
 def evaluate_job(*, model_dir, patch_path, split_path, split, spec_params, eval_params, device,
-                 records_path, summary_path, start_patch=None) -> None:
+                 records_path, summary_path, start_patch=None, rephrases_path=None) -> None:
+    """One split's records and summary. ``split="rephrase"``: the forget items asked with their
+    rephrased questions from ``rephrases_path``."""
     from .data import split_items
     from .evaluate import evaluate_items
-    from .io import read_json, write_json, write_jsonl
+    from .io import read_json, read_jsonl, write_json, write_jsonl
     from .metrics import summarize
     from .patch import Patch
     from .prompts import PromptFormatter
@@ -142,7 +144,15 @@ def evaluate_job(*, model_dir, patch_path, split_path, split, spec_params, eval_
     spec, model, tokenizer = load_for_job(spec_params, model_dir, device, start_patch)
     patch = Patch.load(patch_path)
     patch.apply(model)
-    items = split_items(read_json(split_path), split)
+    if split == "rephrase":
+        from .generate import rephrased_items
+
+        if rephrases_path is None:
+            raise ValueError("the rephrase split needs the rephrases file (rules/generate.smk)")
+        items = rephrased_items(split_items(read_json(split_path), "forget"),
+                                read_jsonl(rephrases_path))
+    else:
+        items = split_items(read_json(split_path), split)
     if eval_params.get("max_items"):
         items = items[: eval_params["max_items"]]
     formatter = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
@@ -176,3 +186,73 @@ def summarize_setting(summary_paths: list[str], out_path: str) -> None:
         out["combined_score"] = combined_score(forget, retain)
         out["non_functional"] = is_non_functional(forget, retain)
     write_json(out_path, out)
+
+
+# --- LLM-generated data and judging (editunlearn/llm.py, generate.py, judge.py) -----------------
+
+
+def llm_job(snakemake, task: str):
+    """The job's LLM: what to ask from its params, how to ask from the config (transport settings
+    never change an answer, so they are not params and changing them reruns nothing), at most as
+    many requests in flight as the job was granted ``llm_requests``."""
+    from .llm import TRANSPORT_KEYS, LLMSettings, make_llm, task_settings
+
+    model = getattr(snakemake.wildcards, "model", None) if task == "self_improve" else None
+    merged = task_settings(snakemake.config, task, model)
+    values = {**{k: merged[k] for k in TRANSPORT_KEYS if k in merged}, **snakemake.params.ask}
+    granted = int(getattr(snakemake.resources, "llm_requests", 0) or 0)
+    if granted:
+        values["concurrency"] = min(values.get("concurrency", granted), granted)
+    overridden = snakemake.config.get(task, {}).get("llm") or {}
+    settings = LLMSettings.from_dict(values, task, overridden)
+    return make_llm(settings, LOG, model_dir=snakemake.input.get("llm_model"),
+                    spec_params=snakemake.params.spec, device=str(snakemake.params.device),
+                    start_patch=snakemake.input.get("llm_start_patch"))
+
+
+def rephrase_job(*, llm, qa_path, dataset, max_attempts, retry_temperature, rows_path,
+                 report_path) -> None:
+    from .data import load_qa
+    from .generate import rephrase_rows
+    from .io import write_json, write_jsonl
+
+    items = load_qa(dataset, Path(qa_path).parent)
+    start = time.perf_counter()
+    rows, report = rephrase_rows(items, llm, max_attempts, LOG, retry_temperature)
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    LOG.info("rephrases of %s: %s", dataset, report)
+    write_json(report_path, report)
+    write_jsonl(rows_path, rows)
+
+
+def self_improve_job(*, llm, split_path, idk_path, max_attempts, retry_temperature, targets_path,
+                     report_path) -> None:
+    from .data import split_items
+    from .generate import self_improve_rows
+    from .io import read_json, read_jsonl, write_json, write_jsonl
+
+    forget = split_items(read_json(split_path), "forget")
+    idk = {row["id"]: row["target"] for row in read_jsonl(idk_path)}
+    start = time.perf_counter()
+    rows, report = self_improve_rows(forget, idk, llm, max_attempts, LOG, retry_temperature)
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    LOG.info("self-improved targets: %s", report)
+    write_json(report_path, report)
+    write_jsonl(targets_path, rows)
+
+
+def judge_job(*, llm, records_path, max_attempts, retry_temperature, rows_path,
+              summary_path) -> None:
+    from .io import read_jsonl, write_json, write_jsonl
+    from .judge import judge_records
+
+    records = read_jsonl(records_path)
+    start = time.perf_counter()
+    rows, summary = judge_records(records, llm, max_attempts, LOG, retry_temperature)
+    parts = Path(summary_path).parts
+    summary = {"model": parts[-5], "dataset": parts[-4], "method": parts[-3], "setting": parts[-2],
+               "split": Path(records_path).stem, **summary,
+               "seconds": round(time.perf_counter() - start, 2)}
+    LOG.info("judge: %s", summary)
+    write_jsonl(rows_path, rows)
+    write_json(summary_path, summary)

@@ -1,7 +1,7 @@
 """The ``setting`` path component of a job: forget size, seed and the options later methods add.
 
 ``n40_s0`` = forget 40 items, split seed 0. Optional suffixes: ``_m4`` (query merging, 4 questions
-per edit) and ``_t<name>`` (refusal target kind, default ``idk``). One string per job keeps result
+per edit) and ``_t<name>`` (refusal target kind: ``idk``, the default, or ``self-improve``). One string per job keeps result
 paths short and lets one wildcard carry every per-job choice.
 """
 
@@ -13,6 +13,10 @@ from dataclasses import dataclass
 SETTING_RE = r"n\d+_s\d+(?:_m\d+)?(?:_t[a-z0-9]+(?:-[a-z0-9]+)*)?"
 _PARSE = re.compile(r"^n(\d+)_s(\d+)(?:_m(\d+))?(?:_t([a-z0-9]+(?:-[a-z0-9]+)*))?$")
 DEFAULT_TARGET = "idk"
+# refusal-target kinds: a seeded line of the refusal list (the default), or written by the model
+# under study (paper §3.2, editunlearn/generate.py)
+SELF_IMPROVE_TARGET = "self-improve"
+TARGET_KINDS = (DEFAULT_TARGET, SELF_IMPROVE_TARGET)
 
 
 @dataclass(frozen=True)

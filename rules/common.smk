@@ -8,7 +8,7 @@ from editunlearn.methods import method_code_files
 from editunlearn import finetune as finetune_module
 from editunlearn.models import ModelSpec
 from editunlearn.resources import job_resources
-from editunlearn.settings import SETTING_RE, Setting
+from editunlearn.settings import SELF_IMPROVE_TARGET, SETTING_RE, TARGET_KINDS, Setting
 
 
 wildcard_constraints:
@@ -80,36 +80,61 @@ def spec_params(model):
 
 
 def eval_splits(dataset):
-    return ["forget", "retain"] + (["locality"] if dataset == "pistol" else [])
+    """forget, retain, PISTOL's locality, and the rephrased forget questions where the config's
+    `rephrase.datasets` asks for them (rules/generate.smk)."""
+    return (["forget", "retain"] + (["locality"] if dataset == "pistol" else [])
+            + (["rephrase"] if dataset in config["rephrase"]["datasets"] else []))
 
 
 def targets_file(w):
-    """Refusal targets of the forget items, of the kind the setting names (default idk)."""
+    """Refusal targets of the forget items, of the kind the setting names (default idk).
+    Self-improved targets are written by the model under study, so they are per model."""
     setting = Setting.parse(w.setting)
-    return f"resources/targets/{w.dataset}/{setting.split_name}/{setting.target}.jsonl"
+    folder = f"resources/targets/{w.dataset}/{setting.split_name}"
+    if setting.target == SELF_IMPROVE_TARGET:
+        return f"{folder}/{w.model}/{SELF_IMPROVE_TARGET}.jsonl"
+    if setting.target not in TARGET_KINDS:
+        raise ValueError(f"setting {w.setting!r}: unknown refusal-target kind {setting.target!r} "
+                         f"(known: {', '.join(TARGET_KINDS)})")
+    return f"{folder}/{setting.target}.jsonl"
 
 
 def job_dir(w):
     return f"{RESULTS}/{w.model}/{w.dataset}/{w.method}/{w.setting}"
 
 
-def run_settings(dataset):
-    return [f"n{n}_s{s}" for n in config["run"]["forget_sizes"][dataset] for s in config["run"]["seeds"]]
+def run_settings(dataset, method=None):
+    """The settings `snakemake` runs: each forget size and seed, and for the methods listed in
+    `self_improve.methods` the same again with self-improved refusal targets."""
+    settings = [f"n{n}_s{s}" for n in config["run"]["forget_sizes"][dataset] for s in config["run"]["seeds"]]
+    if method in config["self_improve"]["methods"]:
+        settings += [f"{s}_t{SELF_IMPROVE_TARGET}" for s in settings]
+    return settings
+
+
+def setting_files(methods, name="summary.json", datasets=None):
+    run = config["run"]
+    return [
+        f"{RESULTS}/{model}/{dataset}/{method}/{setting}/{name}"
+        for model in run["models"]
+        for dataset in run["datasets"]
+        if datasets is None or dataset in datasets
+        for method in methods
+        for setting in run_settings(dataset, method)
+    ]
 
 
 def setting_summaries(methods):
-    run = config["run"]
-    return [
-        f"{RESULTS}/{model}/{dataset}/{method}/{setting}/summary.json"
-        for model in run["models"]
-        for dataset in run["datasets"]
-        for method in methods
-        for setting in run_settings(dataset)
-    ]
+    return setting_files(methods)
 
 
 def all_setting_summaries():
     return setting_summaries(config["run"]["methods"])
+
+
+def all_judge_summaries():
+    """The judge's summary of every job on the datasets in `judge.datasets` (rules/judge.smk)."""
+    return setting_files(config["run"]["methods"], "judge.json", config["judge"]["datasets"])
 
 
 def base_summaries():

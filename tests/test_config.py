@@ -28,6 +28,15 @@ def test_shipped_config_is_valid(config):
     (lambda c: c["models"]["smollm2-135m"].pop("num_layers"), "models.smollm2-135m"),
     (lambda c: c["run"]["forget_sizes"].update(pistol=[30]), "run.forget_sizes.pistol[0]"),
     (lambda c: c.update(device="tpu"), "device"),
+    (lambda c: c["llm"].update(backend="anthropic"), "llm.backend"),
+    (lambda c: c["llm"].update(model="gpt-5"), "llm.model"),  # local: must be a registry model
+    (lambda c: c["llm"].update(base_url="localhost:8000"), "llm.base_url"),
+    (lambda c: c["llm"].update(concurency=2), "llm.concurency"),
+    (lambda c: c["judge"]["llm"].update(backend="openai", model=None), "judge.llm.model"),
+    (lambda c: c["rephrase"]["llm"].update(model=None), "rephrase.llm.model"),
+    (lambda c: c["self_improve"].update(methods=["wise"]), "self_improve.methods[0]"),
+    (lambda c: c["judge"].update(max_attempts=0), "judge.max_attempts"),
+    (lambda c: c["rephrase"].update(datasets=["tofu"]), "rephrase.datasets[0]"),
 ])
 def test_bad_config_names_the_key(config, mutate, key):
     bad = copy.deepcopy(config)

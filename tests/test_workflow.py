@@ -24,6 +24,9 @@ def _config(tiny_dirs, mirror, ga_lr=1e-3, min_rouge1=0.0, **eval_overrides):
         "models": {name: tiny_model_entry(path) for name, path in tiny_dirs.items()},
         "methods": {"base": {}, "ga": {"epochs": 1, "batch_size": 2, "lr": ga_lr,
                                        "lora": {"r": 2, "alpha": 4}}},
+        # generated data and judging have their own workflow test (test_generate.py)
+        "rephrase": {"datasets": []},
+        "judge": {"datasets": []},
         "finetune": {"datasets": ["pistol"], "per_model": {},
                      "hparams": {"epochs": 1, "batch_size": 32, "lr": 1e-3, "lora": {"r": 2, "alpha": 4},
                                  "min_rouge1": min_rouge1, "monitor_items": 2, "max_new_tokens": 4}},
@@ -53,10 +56,10 @@ class Workflow:
     def write_config(self, config):
         self.configfile.write_text(yaml.safe_dump(config))
 
-    def run(self, *args, check=True):
+    def run(self, *args, check=True, timeout=1200):
         cmd = [self.exe, "--snakefile", str(self.repo / "Snakefile"), "--directory", str(self.workdir),
                "--configfile", str(self.configfile), "--cores", "2", *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
         return proc
