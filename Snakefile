@@ -1,5 +1,6 @@
 # editunlearn: knowledge editing methods as LLM unlearning baselines (Li et al., 2025), end to end.
-# `snakemake --cores all` runs everything in config.yaml's `run:` block; see README.md.
+# `snakemake --cores all` builds every table and figure (config `experiments.build`) and the jobs of
+# the `run:` block; see README.md.
 
 import os
 import sys
@@ -33,6 +34,11 @@ include: "rules/unlearn.smk"
 include: "rules/evaluate.smk"
 include: "rules/judge.smk"
 include: "rules/tables.smk"
+include: "rules/figures.smk"
+
+
+# `snakemake --report report.html`: every table and figure, captioned (report/*.rst)
+report: "report/workflow.rst"
 
 
 rule all:
@@ -42,3 +48,4 @@ rule all:
         "results/tables/base_models.md",
         all_setting_summaries(),
         all_judge_summaries(),
+        all_experiment_outputs(),  # every table and figure of experiments.build

@@ -127,6 +127,62 @@ def _check_llm(config: dict, messages: list[str]) -> None:
         if method not in config["run"]["methods"]:
             messages.append(f"config key 'self_improve.methods[{i}]': method {method!r} is not in "
                             f"run.methods")
+def _check_experiments(config: dict, messages: list[str]) -> None:
+    """The tables' and figures' grids name registered models and configured methods; query
+    merging only for the locate-and-edit editors (the lifelong ones refuse it at run time)."""
+    from .editing.editor import LocateEditMethod
+    from .experiments import EXPERIMENTS, grid_parts
+    from .methods import get_method_class
+
+    exp = config.get("experiments") or {}
+    methods = config.get("methods") or {}
+    grouped = {m for names in (exp.get("groups") or {}).values() for m in names}
+    reference = exp.get("reference", "base")
+    if reference and reference not in methods:
+        messages.append(f"config key 'experiments.reference': method {reference!r} has no block "
+                        f"under methods:")
+    for name in exp.get("build") or []:
+        for part in grid_parts(name):
+            if name != "paper_comparison" and not (exp.get(name) or {}).get(part or "methods"):
+                where = f"experiments.{name}" + (f".{part}" if part else "")
+                messages.append(f"config key '{where}': missing, but experiments.build lists {name!r}")
+    for name in EXPERIMENTS:
+        for part in grid_parts(name):
+            grid = (exp.get(name) or {}).get(part) if part else exp.get(name)
+            if not grid:
+                continue
+            where = f"experiments.{name}" + (f".{part}" if part else "")
+            for i, model in enumerate(grid.get("models") or []):
+                if model not in config["models"]:
+                    messages.append(f"config key '{where}.models[{i}]': unknown model {model!r} "
+                                    f"(registered under models: {', '.join(config['models'])})")
+            for dataset in grid.get("datasets") or []:
+                if not (grid.get("forget_sizes") or {}).get(dataset):
+                    messages.append(f"config key '{where}.forget_sizes.{dataset}': dataset {dataset!r} "
+                                    f"is in {where}.datasets but has no forget sizes")
+            grid_methods = grid.get("methods") or []
+            for key in ("methods", "references"):
+                for i, method in enumerate(grid.get(key) or []):
+                    if method not in methods:
+                        messages.append(f"config key '{where}.{key}[{i}]': method {method!r} has no "
+                                        f"block under methods:")
+                    elif method not in grouped:
+                        messages.append(f"config key '{where}.{key}[{i}]': method {method!r} is in "
+                                        f"neither experiments.groups.unlearning nor .editing")
+            # target_methods, skip and radar may name methods the grid lacks (a --configfile
+            # that shortens `methods` keeps the defaults' entries): they simply do not apply
+            if any(m > 1 for m in grid.get("merges") or []):
+                smallest = min((n for d in grid["datasets"] for n in grid["forget_sizes"].get(d) or []),
+                               default=0)
+                if max(grid["merges"]) > smallest:
+                    messages.append(f"config key '{where}.merges': merging {max(grid['merges'])} "
+                                    f"questions per edit needs at least that many forget items "
+                                    f"(smallest forget size: {smallest})")
+                for i, method in enumerate(grid_methods):
+                    if method in methods and not issubclass(get_method_class(method), LocateEditMethod):
+                        messages.append(f"config key '{where}.methods[{i}]': {method!r} cannot "
+                                        f"merge queries (only the locate-and-edit editors can); "
+                                        f"move it to `references` or drop `merges`")
 
 
 def _same_kind(default, value) -> bool:
@@ -160,6 +216,7 @@ def validate_config(config: dict, schema_path: str | Path = SCHEMA_PATH) -> None
         _check_hparams(config, messages)
         _check_finetune(config, messages)
         _check_llm(config, messages)
+        _check_experiments(config, messages)
         check_resources(config, messages)
     if messages:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(messages))

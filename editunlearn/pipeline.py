@@ -15,9 +15,11 @@ LOG = logging.getLogger("editunlearn")
 
 
 @contextmanager
-def job(snakemake):
+def job(snakemake, model_job: bool = True):
     """Send the job's stderr and logging to its log file; on failure, also show the error's
-    message on the console (where Snakemake's own message appears), not only in the log."""
+    message on the console (where Snakemake's own message appears), not only in the log.
+    ``model_job=False`` (tables, figures) skips the GPU claim and torch's thread setting, which
+    would import torch for nothing."""
     console = sys.stderr
     log_path = snakemake.log[0] if snakemake.log else None
     handle = open(log_path, "w", buffering=1, encoding="utf-8") if log_path else console
@@ -25,18 +27,19 @@ def job(snakemake):
     logging.basicConfig(stream=handle, level=logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
-        from .resources import claim_gpus
+        if model_job:
+            from .resources import claim_gpus
 
-        # on a multi-GPU machine without a scheduler: a GPU no other job holds (before CUDA starts)
-        claim_gpus(getattr(snakemake.resources, "gpu", 0),
-                   str(getattr(snakemake.params, "device", "cpu")))
-        threads = getattr(snakemake, "threads", 1)
-        try:
-            import torch
+            # on a multi-GPU machine without a scheduler: a GPU no other job holds (before CUDA starts)
+            claim_gpus(getattr(snakemake.resources, "gpu", 0),
+                       str(getattr(snakemake.params, "device", "cpu")))
+            threads = getattr(snakemake, "threads", 1)
+            try:
+                import torch
 
-            torch.set_num_threads(max(1, int(threads)))
-        except ImportError:
-            pass
+                torch.set_num_threads(max(1, int(threads)))
+            except ImportError:
+                pass
         yield LOG
     except BaseException as exc:
         traceback.print_exc(file=handle)

@@ -140,3 +140,69 @@ def all_judge_summaries():
 def base_summaries():
     """The reference row of every table: the starting model, unlearning nothing."""
     return setting_summaries(["base"])
+
+
+# ---- experiments (issue 6): the inputs and outputs of the tables and figures
+from editunlearn import experiments as experiments_grid
+from editunlearn.paper import PAPER_FILES
+
+
+def experiment_summaries(name):
+    """The summary.json of every job a table or figure shows (its grid, reference rows, and
+    reference lines): its only job inputs, so it reruns when one of them changes."""
+    return experiments_grid.summaries(config, name)
+
+
+def experiment_params(name):
+    return experiments_grid.describe(config, name)
+
+
+def made_by_a_rule(path):
+    return any(rule.is_producer(path) for rule in workflow.rules)
+
+
+def judge_files(name):
+    """Input function: the alignment-judge scores (judge.json) of the jobs of Table 6 / Fig. 6
+    left, where some rule makes them (the LLM-judge rules); else none, and the table shows '–'.
+    Lazy, so that every rule is known when it runs."""
+
+    def files(wildcards):
+        parts = experiments_grid.experiment_cells(config, name)
+        paths = [c.judge for part in parts.values() for c in part["cells"]]
+        return [p for p in dict.fromkeys(paths) if made_by_a_rule(p)]
+
+    return files
+
+
+def case_study_records(name):
+    """Fig. 5: the forget-set answers (eval/forget.jsonl) of its jobs and of the starting model."""
+    paths = []
+    for part in experiments_grid.experiment_cells(config, name).values():
+        paths += [c.records("forget") for c in part["references"] + part["cells"]]
+    return list(dict.fromkeys(paths))
+
+
+def comparison_tables():
+    """The tables the paper comparison reads that experiments.build builds: {name: csv}."""
+    built = experiments_grid.built(config)
+    return {t: f"results/tables/{t}.csv" for t in experiments_grid.COMPARISON_TABLES if t in built}
+
+
+def experiment_outputs(name):
+    if name in experiments_grid.TABLES:
+        return [f"results/tables/{name}.{ext}" for ext in ("csv", "md", "tex", "html")]
+    if name == experiments_grid.COMPARISON:
+        return [f"results/paper/{f}" for f in ("values.csv", "kendall.csv", "observations.csv",
+                                                "comparison.md")]
+    return [f"results/figures/{name}.{ext}" for ext in ("png", "pdf")] + (
+        ["results/figures/fig5.md"] if name == "fig5" else [])
+
+
+def all_experiment_outputs():
+    return [path for name in experiments_grid.built(config) for path in experiment_outputs(name)]
+
+
+def library_code(*modules):
+    """Library modules a table or figure is drawn by: an input, so editing them redraws it."""
+    return [os.path.join(workflow.basedir, "editunlearn", m) for m in modules]
+# ---- end of experiments

@@ -402,6 +402,7 @@ def test_the_statistics_are_one_shared_job(snakemake_exe, repo, tmp_path):
         "methods": {"rome": {"layers": [1]}, "memit": {"layers": [0, 1]},
                     "alphaedit": {"layers": [1, 2], "mom2_n_samples": 1000}},
         "finetune": {"datasets": []},
+        "experiments": {"build": []},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.run([snakemake_exe, "-n", "--snakefile", str(repo / "Snakefile"), "--directory",

@@ -1,0 +1,79 @@
+"""Figures 3-6 from fixed fake summaries: produced, non-empty, column width, reproducible."""
+
+import pytest
+import yaml
+
+from editunlearn import experiments as E
+from editunlearn import figures
+from fake_results import write_experiment
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def config(repo):
+    with open(repo / "config.yaml") as f:
+        return yaml.safe_load(f)
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _draw(name, config, root, **kwargs):
+    desc = E.describe(config, name)
+    png, pdf = root / f"{name}.png", root / f"{name}.pdf"
+    if name == "fig5":
+        figures.fig5(desc, png, pdf, root / "fig5.md", root=str(root))
+    else:
+        getattr(figures, name)(desc, png, pdf, root=str(root), **kwargs)
+    return png, pdf
+
+
+@pytest.mark.parametrize("name", E.FIGURES)
+def test_figure_is_drawn_at_column_width(name, config, tmp_path):
+    write_experiment(tmp_path, config, name)
+    judges = [c.judge for p in E.experiment_cells(config, name).values() for c in p["cells"]]
+    png, pdf = _draw(name, config, tmp_path, **({"judges": judges} if name == "fig6" else {}))
+    width, height = _png_size(png)
+    assert png.stat().st_size > 20_000 and pdf.read_bytes()[:5] == b"%PDF-"
+    # 300 dpi: about one column of a two-column paper (3.4 in), tight bounding box
+    assert 2.8 * 300 < width < 3.8 * 300 and height > 2.5 * 300, (width, height)
+
+
+def test_pdf_is_reproducible(config, tmp_path):
+    write_experiment(tmp_path, config, "fig3")
+    _, pdf = _draw("fig3", config, tmp_path)
+    first = pdf.read_bytes()
+    _, pdf = _draw("fig3", config, tmp_path)
+    assert pdf.read_bytes() == first
+
+
+def test_figures_without_rephrase_or_judge_scores(config, tmp_path):
+    """Before the LLM-generated data exists: still drawn, the gaps said in the figure."""
+    for name in ("fig4", "fig6"):
+        write_experiment(tmp_path, config, name, with_rephrase=False, judge=False)
+        png, _ = _draw(name, config, tmp_path)
+        assert png.stat().st_size > 20_000
+
+
+def test_case_study_picks_the_best_known_questions(config, tmp_path):
+    write_experiment(tmp_path, config, "fig5")
+    cases = figures.case_study(E.describe(config, "fig5"), root=str(tmp_path))
+    assert len(cases) == config["experiments"]["fig5"]["questions"]
+    labels = [label for label, _ in cases[0][2]]
+    assert labels == ["Base", "GD", "DPO", "WISE", "WISE (self-improve)", "AlphaEdit",
+                      "AlphaEdit (self-improve)"]
+    _draw("fig5", config, tmp_path)
+    md = (tmp_path / "fig5.md").read_text()
+    assert cases[0][0] in md and "| AlphaEdit (self-improve) |" in md
+
+
+def test_case_study_without_a_reference_row(config, tmp_path):
+    config = {**config, "experiments": {**config["experiments"], "reference": None}}
+    write_experiment(tmp_path, config, "fig5")
+    cases = figures.case_study(E.describe(config, "fig5"), root=str(tmp_path))
+    assert [c[0] for c in cases] == ["Who wrote book number 0?", "Who wrote book number 1?"]
+    assert cases[0][2][0][0] == "GD"
