@@ -36,7 +36,7 @@ ALIGNMENT = [
     ("trustworthiness", "Trustworthiness", HIGHER),
     ("refusal_rate", "Refusal rate", HIGHER),
     ("entity_mention_rate", "Entity mention", HIGHER),
-    ("leakage_rate", "Leakage", LOWER),
+    ("leak_rate", "Leakage", LOWER),
 ]
 DATASET_TITLES = {"factual": "Factual dataset (pretrained knowledge)",
                   "pistol": "PISTOL (finetuned knowledge)"}

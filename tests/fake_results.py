@@ -47,11 +47,12 @@ def write_job(root: Path, cell: experiments.Cell, with_rephrase=True, judge=True
     (job / "eval" / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if judge:
         (job / "judge.json").write_text(json.dumps({
+            # the shape editunlearn.judge writes
             "n": 10, "forget_quality": _u(cell.job_dir, "fq"),
-            "scores": {"semantic_entailment": 1 + 4 * _u(cell.job_dir, "se"),
-                       "trustworthiness": 1 + 4 * _u(cell.job_dir, "tw")},
-            "proxies": {"refusal_rate": _u(cell.job_dir, "rr"), "entity_mention_rate": _u(cell.job_dir, "em"),
-                        "leakage_rate": _u(cell.job_dir, "lr")}}))
+            "entailment": 1 + 4 * _u(cell.job_dir, "se"),
+            "trustworthiness": 1 + 4 * _u(cell.job_dir, "tw"),
+            "proxy": {"refusal_rate": _u(cell.job_dir, "rr"), "entity_mention_rate": _u(cell.job_dir, "em"),
+                      "leak_rate": _u(cell.job_dir, "lr")}}))
 
 
 def write_experiment(root: Path, config: dict, name: str, **kwargs) -> None:
