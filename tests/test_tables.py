@@ -464,6 +464,8 @@ def test_a_hyperparameter_change_reruns_its_jobs_and_the_tables_showing_them(sna
                         "forget_sizes": {"factual": [4]}},
                 "eval": {"max_new_tokens": 4, "top_k": 100, "max_items": 2},
                 "models": {"tiny": tiny_model_entry(tiny)}, "finetune": {"datasets": []},
+                # generated data and judging have their own workflow test (test_generate.py)
+                "rephrase": {"datasets": []}, "judge": {"datasets": []},
                 "methods": {"base": {}, "ga": {**lora, "lr": ga_lr}, "gd": lora},
                 "experiments": {"build": ["table1", "table3"],
                                 "table1": grid({"factual": [4]}, ["ga", "gd"]),
