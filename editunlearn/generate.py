@@ -181,19 +181,20 @@ def rephrase_rows(items: list[dict], llm, max_attempts: int, log=None,
                   retry_temperature: float | None = None) -> tuple[list[dict], dict]:
     outcomes = refine(items, rephrase_messages, clean_rephrase, check_rephrase, llm,
                       max_attempts, log, retry_temperature)
-    rows = []
     provenance = llm.provenance()
-    for item, out in zip(items, outcomes):
-        fallback = out.text is None
-        rows.append({
-            "id": item["id"], "question": item["question"],
-            "rephrase": template_rephrase(item) if fallback else out.text,
-            "source": "template" if fallback else "llm", "fallback": fallback,
-            "attempts": out.attempts, "rejected": out.rejected,
-            "llm": provenance, "cache_keys": out.cache_keys,
-        })
+    rows = [{"id": item["id"], "question": item["question"],
+             "rephrase": template_rephrase(item) if out.text is None else out.text,
+             "source": "template" if out.text is None else "llm",
+             **_attempt_fields(out, provenance)}
+            for item, out in zip(items, outcomes)]
     return rows, report(outcomes, llm, max_attempts=max_attempts,
                         retry_temperature=retry_temperature)
+
+
+def _attempt_fields(out, provenance: dict) -> dict:
+    """What every generated row records about how it was obtained."""
+    return {"fallback": out.text is None, "attempts": out.attempts, "rejected": out.rejected,
+            "llm": provenance, "cache_keys": out.cache_keys}
 
 
 def rephrased_items(forget: list[dict], rephrases: list[dict]) -> list[dict]:
@@ -284,15 +285,10 @@ def self_improve_rows(items: list[dict], idk: dict[str, str], llm, max_attempts:
         raise KeyError(f"the idk targets file has no line for forget items {missing[:5]}")
     outcomes = refine(items, self_improve_messages, clean_refusal, check_refusal, llm,
                       max_attempts, log, retry_temperature)
-    rows = []
     provenance = llm.provenance()
-    for item, out in zip(items, outcomes):
-        fallback = out.text is None
-        rows.append({
-            "id": item["id"], "target": idk[item["id"]] if fallback else out.text,
-            "source": "idk" if fallback else "self-improve", "fallback": fallback,
-            "question": item["question"], "attempts": out.attempts, "rejected": out.rejected,
-            "llm": provenance, "cache_keys": out.cache_keys,
-        })
+    rows = [{"id": item["id"], "target": idk[item["id"]] if out.text is None else out.text,
+             "source": "idk" if out.text is None else "self-improve", "question": item["question"],
+             **_attempt_fields(out, provenance)}
+            for item, out in zip(items, outcomes)]
     return rows, report(outcomes, llm, max_attempts=max_attempts,
                         retry_temperature=retry_temperature)
