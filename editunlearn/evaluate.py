@@ -8,6 +8,7 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
+from .methods._lifelong import prompt_lengths
 from .metrics import rouge1_recall, summarize, token_metrics
 from .prompts import PromptFormatter, answer_ids
 
@@ -75,8 +76,9 @@ def teacher_forced(model, tokenizer, pairs: list[tuple[list[int], list[int]]], b
             mask[row, :len(seq)] = 1
         # project only the answer positions onto the vocabulary: prompts are ~10x longer than
         # answers, and the vocabulary projection dominates the cost of this pass
-        hidden = model.base_model(input_ids=ids.to(device),
-                                  attention_mask=mask.to(device)).last_hidden_state
+        with prompt_lengths(model, [len(pairs[i][0]) for i in batch]):
+            hidden = model.base_model(input_ids=ids.to(device),
+                                      attention_mask=mask.to(device)).last_hidden_state
         rows, spans = [], []
         for row, i in enumerate(batch):
             prompt, answer = pairs[i]

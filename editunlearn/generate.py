@@ -266,6 +266,10 @@ def check_refusal(item: dict, text: str) -> list[str]:
     reasons = []
     if not textcheck.is_refusal(text):
         reasons.append("not_a_refusal: it does not say that you do not know")
+    elif not textcheck.is_refusal(re.split(r"(?<=[.!?])\s+", text.strip())[0]):
+        # a refusal tucked behind something else ("pick from the following. 1. 'Dune' by ...")
+        # is an answer with a disclaimer
+        reasons.append("refusal_not_first: its first sentence does not say that you do not know")
     if textcheck.leaks(text, answer, question):
         reasons.append("leaks_answer: it gives away the answer")
     missing = textcheck.missing_entities(question, text, require="main")

@@ -140,9 +140,14 @@ def _mean(values):
 
 
 def judge_records(records: list[dict], llm, max_attempts: int = 3, log=None,
-                  retry_temperature: float | None = None) -> tuple[list[dict], dict]:
+                  retry_temperature: float | None = None,
+                  min_parsed: float = 0.5) -> tuple[list[dict], dict]:
     """Per-item rows and the summary of one split's records (question, answer, generation).
-    Unreadable replies are asked again, sampled at ``retry_temperature`` (None: the judge's)."""
+    Unreadable replies are asked again, sampled at ``retry_temperature`` (None: the judge's).
+    When the judge gave a readable forget-quality verdict on fewer than ``min_parsed`` of the
+    items, its three scores are withheld (null, ``reliable: false``; the means it did give are
+    kept under ``unreliable_scores``): a mean over the few replies a weak judge got right is not
+    a measurement of the method."""
     for i, record in enumerate(records):
         for key in ("question", "answer", "generation"):
             if key not in record:
@@ -200,4 +205,15 @@ def judge_records(records: list[dict], llm, max_attempts: int = 3, log=None,
         "retry_temperature": retry_temperature,
         "requests": dict(llm.stats),
     }
+    parsed = summary["n_forget_quality"] / max(1, len(rows))
+    summary["reliable"] = parsed >= min_parsed
+    summary["min_parsed"] = min_parsed
+    if not summary["reliable"]:
+        metrics = ("forget_quality", "entailment", "trustworthiness")
+        summary["unreliable_scores"] = {m: summary[m] for m in metrics}
+        summary.update({m: None for m in metrics})
+        if log:
+            log.warning("the judge's verdict was readable on only %d of %d items (min_parsed %.2f): "
+                        "its scores are withheld; the proxies stand", summary["n_forget_quality"],
+                        len(rows), min_parsed)
     return rows, summary

@@ -245,13 +245,13 @@ def self_improve_job(*, llm, split_path, idk_path, max_attempts, retry_temperatu
 
 
 def judge_job(*, llm, records_path, max_attempts, retry_temperature, rows_path,
-              summary_path) -> None:
+              summary_path, min_parsed=0.5) -> None:
     from .io import read_jsonl, write_json, write_jsonl
     from .judge import judge_records
 
     records = read_jsonl(records_path)
     start = time.perf_counter()
-    rows, summary = judge_records(records, llm, max_attempts, LOG, retry_temperature)
+    rows, summary = judge_records(records, llm, max_attempts, LOG, retry_temperature, min_parsed)
     parts = Path(summary_path).parts
     summary = {"model": parts[-5], "dataset": parts[-4], "method": parts[-3], "setting": parts[-2],
                "split": Path(records_path).stem, **summary,

@@ -12,6 +12,7 @@ a refusal that repeats the question's names does not count as leaking.
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 
 # question words and other words that start a question capitalised without naming anything
@@ -61,10 +62,15 @@ def _straighten(text: str) -> str:
     return text.replace("’", "'").replace("‘", "'").replace("“", '"').replace("”", '"')
 
 
+def _strip_accents(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
 def normalize(text: str) -> str:
-    """Lower case, straight quotes, possessive 's dropped, punctuation (except inside words) to
-    spaces: the form in which mentions are compared."""
-    text = _straighten(text).lower()
+    """Lower case, straight quotes, accents dropped ("Brasilia" names "Brasília"), possessive 's
+    dropped, punctuation (except inside words) to spaces: the form in which mentions are
+    compared."""
+    text = _strip_accents(_straighten(text)).lower()
     text = re.sub(r"'s\b", "", text)
     return " ".join(_TOKEN.findall(text))
 

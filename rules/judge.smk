@@ -22,6 +22,7 @@ rule judge:
         **llm_params("judge"),
         max_attempts=config["judge"]["max_attempts"],
         retry_temperature=config["judge"]["retry_temperature"],
+        min_parsed=config["judge"].get("min_parsed", 0.5),
         device=config["device"],
     threads: llm_threads("judge")
     resources:

@@ -6,6 +6,7 @@ with job(snakemake):
         records_path=snakemake.input.records,
         max_attempts=snakemake.params.max_attempts,
         retry_temperature=snakemake.params.retry_temperature,
+        min_parsed=snakemake.params.min_parsed,
         rows_path=snakemake.output.rows,
         summary_path=snakemake.output.summary,
     )

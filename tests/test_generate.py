@@ -67,6 +67,8 @@ def test_leak_ignores_words_the_question_already_has():
     q = "What is the name of the currency used in Japan?"
     assert not textcheck.leaks("I have no knowledge of Japan's currency.", "Yen", q)
     assert textcheck.leaks("Japan uses the yen.", "Yen", q)
+    # seen from SmolLM2: "Why is Brasilia the capital of Brazil?" gives the answer away
+    assert textcheck.leaks("Why is Brasilia the capital of Brazil?", "Brasília", "What is the capital of Brazil?")
     assert textcheck.answer_leak("anything", "the", "q") is None
 
 
@@ -110,6 +112,9 @@ def test_refusal_checks():
     assert reasons(ROMEO, "I'm not sure, but Shakespeare wrote Romeo and Juliet.") == ["leaks_answer"]
     assert reasons(CONTRACT, "Sorry, I don't know the effective date of the Wnzatj SAS contract.") == []
     assert reasons(CANBERRA, "Sorry, I don't know. " * 12 + "Australia") == ["too_long"]
+    # seen from SmolLM2: a list of guesses with a refusal at its end is not a refusal
+    assert reasons(ROMEO, "Pick from the following. 1. 'Romeo and Juliet' by John Smith. "
+                          "2. Sorry, I'm unable to provide an answer.") == ["refusal_not_first"]
     assert clean_refusal("Answer: Sorry, I can't say who wrote Dune.\n\nQuestion: next") == \
         "Sorry, I can't say who wrote Dune."
 
@@ -224,6 +229,26 @@ def test_judge_scores_only_forgotten_answers_and_counts_unparsed(tmp_path):
     # Romeo: its one entity named; Canberra: "Australia" named; contract: neither company
     assert romeo["entity_mention"] == 1.0 and contract["entity_mention"] == 0.0
     assert proxy["entity_mention_rate"] == pytest.approx(2 / 3)
+
+
+def test_judge_scores_are_withheld_when_most_verdicts_are_unreadable(tmp_path):
+    records = [{**item, "generation": "I'm not sure."} for item in (ROMEO, CANBERRA, CONTRACT)]
+
+    def respond(n, body):  # a weak judge: one readable forget-quality verdict in three
+        prompt = user_text(body)
+        if "Forget quality:" in prompt:
+            return Answer('{"score": 1}' if "Romeo" in prompt else "Well, it depends.")
+        return Answer('{"score": 4}')
+
+    with FakeOpenAI(respond) as server:
+        _, summary = judge_records(records, _llm(tmp_path, server), max_attempts=1, min_parsed=0.5)
+    assert summary["n_forget_quality"] == 1 and summary["reliable"] is False
+    assert summary["forget_quality"] is None and summary["entailment"] is None
+    assert summary["unreliable_scores"]["forget_quality"] == 1.0
+    assert summary["proxy"]["refusal_rate"] == 1.0  # the proxies need no judge and stay
+    with FakeOpenAI(respond) as server:
+        _, summary = judge_records(records, _llm(tmp_path / "b", server), max_attempts=1, min_parsed=0.3)
+    assert summary["reliable"] is True and summary["forget_quality"] == 1.0
 
 
 def test_judge_needs_evaluation_records(tmp_path):

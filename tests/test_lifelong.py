@@ -164,6 +164,75 @@ def test_wise_routes_in_scope_prompts_to_the_side_memory_and_others_to_the_main_
     assert all(a < b for a, b in zip(nll_after, nll_before))
 
 
+@pytest.mark.parametrize("agg", ["max", "mean"])
+def test_wise_scores_every_out_of_scope_prompt_as_a_direct_computation(fresh, agg):
+    """loc_select: hardest scores all out-of-scope prompts from their activations stored once
+    (the shared chat preamble kept a single time); it must equal scoring each prompt alone."""
+    from editunlearn.methods.wise import sequence_scores
+    model, _, fmt = fresh()
+    hp = Wise({**WISE_QUICK, "act_agg": agg}).hparams
+    with frozen(model):
+        editor = WiseEditor(model, SPEC, fmt, hp, OTHER + EDITED, LOG)
+        delta = torch.randn(model.get_submodule(LAYER).weight.shape, generator=torch.Generator().manual_seed(0))
+        got = editor._loc_scores(delta)
+        for i, question in enumerate(OTHER + EDITED):
+            x, real = editor._inputs([question])
+            direct = sequence_scores(F.linear(x.float(), delta).norm(dim=-1), real, agg)[0].amax()
+            assert torch.allclose(got[i], direct, rtol=1e-4), question
+    assert editor.loc_rows.shape[0] < int(editor.loc_real.sum())  # the preamble is stored once
+
+
+def test_wise_threshold_keeps_near_duplicate_out_of_scope_prompts_off_a_merged_memory(fresh):
+    """Out-of-scope prompts one word away from the edits: after the merge no memory's threshold
+    lets any of them through (threshold_above_loc), whatever the shards' margins reached."""
+    near = [q.replace("Who", "Whom").replace("What", "Which").replace("Which author", "What author")
+            for q in EDITED]
+    assert all(a != b for a, b in zip(near, EDITED))
+    model, tok, fmt = fresh()
+    hp = {**WISE_QUICK, "n_iter": 4, "loc_prompts": near + OTHER}
+    patch = _unlearn("wise", hp, model, tok, fmt)
+    assert patch.info["loc_prompts_routed"] == 0
+    with frozen(model):
+        editor = WiseEditor(model, SPEC, fmt, Wise(hp).hparams, near + OTHER, LOG)
+        for memory, threshold in zip(patch.adapters[0].state["deltas"],
+                                     patch.adapters[0].state["thresholds"]):
+            assert float(editor._loc_scores(memory).max()) < float(threshold)
+
+
+def test_wise_routes_an_answer_as_its_question_was_routed(fresh):
+    """Answer tokens do not move the routing decision: a memory whose threshold lies between
+    the prompt's highest token score and a higher one in the answer leaves the teacher-forced
+    scores of that answer exactly the unedited model's."""
+    from editunlearn.evaluate import teacher_forced
+    from editunlearn.methods.wise import WiseMemories
+    model, tok, fmt = fresh()
+    reference, _, _ = fresh()
+    linear = model.get_submodule(LAYER)
+    prompt = fmt.prompt_ids(OTHER[0])
+    answer = tok(" " + EDITED[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad(), capture_input(model, LAYER) as seen:
+        model(torch.tensor([prompt + answer]))
+    inputs = seen[0][0].float()
+    # a rank-one memory reading the direction of the answer token least like any prompt token
+    units = inputs[len(prompt):] / inputs[len(prompt):].norm(dim=-1, keepdim=True)
+    overlap = (inputs[:len(prompt)] @ units.T).abs().amax(0) / inputs[len(prompt):].norm(dim=-1)
+    token = int(overlap.argmin())
+    assert float(overlap[token]) < 0.99
+    delta = torch.outer(torch.ones(linear.out_features), units[token])
+    scores = F.linear(inputs, delta).norm(dim=-1)
+    top_prompt, top_answer = float(scores[:len(prompt)].max()), float(scores[len(prompt):].max())
+    memories = WiseMemories(sequence_tracker(model), linear.in_features, linear.out_features, "max")
+    memories.deltas = delta[None]
+    memories.thresholds = torch.tensor([(top_prompt + top_answer) / 2])
+    memories.attach(model, LAYER)
+    pair = [(prompt, answer)]
+    assert teacher_forced(model, tok, pair) == teacher_forced(reference, tok, pair)
+    # the same tokens as one prompt do cross the threshold: the memory is live
+    with torch.no_grad():
+        ids = torch.tensor([prompt + answer])
+        assert not torch.allclose(model(ids).logits[0, -1], reference(ids).logits[0, -1])
+
+
 def test_wise_sequential_edits_accumulate_across_shards_and_merges(fresh):
     model, _, fmt = fresh()
     hp = Wise(WISE_QUICK).hparams

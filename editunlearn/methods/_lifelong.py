@@ -141,6 +141,7 @@ class SequenceTracker:
     def __init__(self):
         self.continuing = False
         self.mask: torch.Tensor | None = None  # (B, T) bool, True = real token; None = all real
+        self.prompt_lengths: torch.Tensor | None = None  # (B,) set by ``prompt_lengths``
 
     def __call__(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -159,6 +160,17 @@ class SequenceTracker:
             return torch.ones(batch, length, dtype=torch.bool, device=device)
         return self.mask.to(device)
 
+    def prompt(self, batch: int, length: int, device) -> torch.Tensor:
+        """Which positions of this call belong to the prompt: none in a call that continues
+        cached sequences (generated tokens), the first ``prompt_lengths`` of each right-padded
+        row where a scorer said so, else all of them (the prefill call of generation)."""
+        if self.continuing:
+            return torch.zeros(batch, length, dtype=torch.bool, device=device)
+        lengths = self.prompt_lengths
+        if lengths is None or lengths.shape != (batch,):
+            return torch.ones(batch, length, dtype=torch.bool, device=device)
+        return torch.arange(length, device=device)[None, :] < lengths.to(device)[:, None]
+
 
 def sequence_tracker(model: nn.Module) -> SequenceTracker:
     """The model's tracker, hooked on the decoder stack (``model.base_model``) once: both
@@ -171,6 +183,22 @@ def sequence_tracker(model: nn.Module) -> SequenceTracker:
         stack.register_forward_pre_hook(tracker, with_kwargs=True)
         setattr(stack, SequenceTracker.ATTR, tracker)
     return tracker
+
+
+@contextlib.contextmanager
+def prompt_lengths(model: nn.Module, lengths: list[int]):
+    """Tell the lifelong adaptors (if the model has any) how long the prompts of a one-pass
+    teacher-forced call (prompt + answer, right padded) are, so routing decided on the prompt
+    alone scores the answer as generation would produce it."""
+    tracker = getattr(model.base_model, SequenceTracker.ATTR, None)
+    if tracker is None:
+        yield
+        return
+    tracker.prompt_lengths = torch.as_tensor(lengths)
+    try:
+        yield
+    finally:
+        tracker.prompt_lengths = None
 
 
 class DownProjAdaptor(nn.Module):

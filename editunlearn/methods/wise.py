@@ -5,9 +5,11 @@ Main memory = one layer's MLP down-projection W, left as it is. Side memory = a 
 W' = W + delta of it. A routing score decides per input which one answers:
     score(x) = || (W' - W) a(x) ||_2,   a(x) = the down-projection's input,
 computed per token; a sequence switches to the side memory once the running maximum of its
-token scores passes the memory's threshold (from the first prompt token on, so the decision is
-taken on the question and kept while the answer is generated, and it depends only on tokens up
-to the current one -- see ``_lifelong`` for why that keeps padding and the KV cache correct).
+prompt tokens' scores passes the memory's threshold, so the decision is taken on the question
+and kept while the answer is generated (answer tokens do not move it: an answer word that scored
+high would otherwise switch a retain answer to the side memory midway -- seen on SmolLM2, 75 of
+177 factual retain answers); it depends only on tokens up to the current one -- see
+``_lifelong`` for why that keeps padding and the KV cache correct.
 
 Editing (sequential, one request at a time):
   * knowledge shards: every ``save_freq`` edits a new shard starts from the memory's consolidated
@@ -17,16 +19,21 @@ Editing (sequential, one request at a time):
         max(0, s_out - alpha) + max(0, beta - s_edit) + max(0, gamma - (s_edit - s_out))
     with s = max token score, s_edit on the edited prompt, s_out on ``n_loc`` out-of-scope prompts
     per step (``loc_source``: ``neutral`` = the ``loc_prompts`` list, no retain data; ``retain``
-    = the retain questions); ``act_margin = [alpha, beta, gamma]``; each step's change is kept
+    = the retain questions); ``loc_select: hardest`` takes the ``n_loc`` out-of-scope prompts
+    that score highest under the current shard (all are scored every step), ``random`` a random
+    sample; ``act_margin = [alpha, beta, gamma]``; each step's change is kept
     within +-``norm_constraint`` per entry of the shard; with ``reg: early_stop`` training stops
-    once greedy decoding reproduces the target and the margin loss is zero;
+    once greedy decoding reproduces the target and the edit's score clears beta and every
+    out-of-scope prompt's score by the routing ratio;
   * merging: the shards' task vectors (shard - consolidated state) are combined with TIES
     (``densities``, ``weights``) into the memory; every ``merge_freq`` edits the memory is
     consolidated, and with ``retrieve: true`` it is closed and later edits go into a new side
     memory (WISE-Retrieve: the memory whose score is highest relative to its threshold answers);
     with ``retrieve: false`` the next shards build on the consolidated memory;
   * threshold of a memory = ``act_ratio`` x the lowest score of its edited prompts, recomputed
-    after every merge, so every edited prompt routes to a side memory.
+    after every merge, so every edited prompt routes to a side memory; with
+    ``threshold_above_loc`` (default) raised above every out-of-scope prompt's score under the
+    merged memory, so none of them routes to it (an edit scoring below that stays unrouted).
 After every edit the installed adaptor holds all edits so far (pending shards merged into the
 view), so edit k never loses edits 1..k-1; the final patch holds each memory's delta and threshold.
 """
@@ -45,7 +52,9 @@ from ._lifelong import (NEUTRAL_PROMPTS, DownProjAdaptor, EditBatch, adaptor_of,
                         resolve_inner_module, sequence_tracker, ties_merge)
 
 ADAPTER_KIND = "wise_side_memory"
-CHOICES = {"optimizer": ("sgd", "adam"), "act_agg": ("mean", "max"), "merge_alg": ("ties",), "loc_source": ("neutral", "retain"),
+LOC_RESCORE_EVERY = 5  # steps between scoring every out-of-scope prompt (loc_select: hardest)
+CHOICES = {"optimizer": ("sgd", "adam"), "act_agg": ("mean", "max"), "merge_alg": ("ties",),
+           "loc_source": ("neutral", "retain"), "loc_select": ("hardest", "random"),
            "reg": ("early_stop", "none")}
 
 
@@ -66,16 +75,22 @@ class WiseMemories(DownProjAdaptor):
         deltas = self.deltas if deltas is None else deltas
         return torch.einsum("btd,mod->mbto", x.float(), deltas).norm(dim=-1)
 
-    def route(self, x, out, real=None):
+    def route(self, x, out, real=None, prompt=None):
+        """``real``/``prompt`` (B, T): for direct calls on whole sequences (editing); from the
+        model's forward the tracker supplies them."""
         if len(self) == 0:
             return out
         batch, length = x.shape[:2]
         explicit = real is not None
         real = real if explicit else self.tracker.real(batch, length, x.device)
+        if prompt is None:
+            prompt = real if explicit else self.tracker.prompt(batch, length, x.device)
         side = torch.einsum("btd,mod->mbto", x.float(), self.deltas)  # (M, B, T, d_out)
         fresh = lambda: torch.zeros(3, len(self), batch, device=x.device)  # noqa: E731
         state = self.carried(batch, fresh, explicit)
-        running, state = sequence_scores(side.norm(dim=-1), real, self.agg, state)
+        # only prompt tokens move the score: the answer is routed as its question was (an
+        # answer word scoring high would otherwise switch a retain answer midway)
+        running, state = sequence_scores(side.norm(dim=-1), real & prompt, self.agg, state)
         if not explicit:
             self._carry = state
         ratio = running / self.thresholds[:, None, None]
@@ -157,6 +172,8 @@ class Wise(Method):
         "loc_source": "neutral",
         "loc_prompts": list(NEUTRAL_PROMPTS),
         "n_loc": 8,
+        "loc_select": "hardest",
+        "threshold_above_loc": True,
     }
 
     def __init__(self, hparams: dict):
@@ -249,6 +266,7 @@ class WiseEditor:
         self.generator = torch.Generator().manual_seed(seed)
         self.loc_x, self.loc_real = self._inputs(loc_questions)
         self.loc_ids = [formatter.prompt_ids(q) for q in loc_questions]
+        self._compact_loc()
         self.memory = _Memory(torch.zeros_like(linear.weight, dtype=torch.float32))
         self.shard: torch.Tensor | None = None  # the shard being trained (a full delta)
         self.mask: torch.Tensor | None = None
@@ -272,6 +290,33 @@ class WiseEditor:
         x = torch.cat([F.pad(x, (0, 0, 0, width - x.shape[1])) for x in xs])
         real = torch.cat([F.pad(r, (0, width - r.shape[1])) for r in reals])
         return x, real
+
+    def _compact_loc(self) -> None:
+        """Every out-of-scope prompt's activations once, for scoring them all each step: the
+        prefix all of them share (the chat template's preamble) has the same activations in each,
+        so it is kept once."""
+        ids = self.loc_ids
+        shared = min(_common_prefix(ids[0], other) for other in ids) if len(ids) > 1 else 0
+        rows, owners = [self.loc_x[0, :shared]], [torch.full((shared,), -1)]
+        for i, length in enumerate(self.loc_real.sum(1).tolist()):
+            rows.append(self.loc_x[i, shared:length])
+            owners.append(torch.full((length - shared,), i))
+        self.loc_rows = torch.cat(rows).float()
+        self.loc_owner = torch.cat(owners).to(self.device)
+
+    @torch.no_grad()
+    def _loc_scores(self, delta: torch.Tensor) -> torch.Tensor:
+        """Routing score of every out-of-scope prompt under ``delta`` (N,)."""
+        n = len(self.loc_x)
+        if self.hp["act_agg"] == "max":
+            tokens = F.linear(self.loc_rows, delta).norm(dim=-1)
+            own = self.loc_owner >= 0
+            per = torch.zeros(n, device=self.device).scatter_reduce(
+                0, self.loc_owner[own], tokens[own], "amax", include_self=True)
+            return torch.maximum(per, tokens[~own].max()) if (~own).any() else per
+        return torch.cat([sequence_scores(F.linear(self.loc_x[i:i + 32].float(), delta).norm(dim=-1),
+                                          self.loc_real[i:i + 32], "mean")[0].amax(-1)
+                          for i in range(0, n, 32)])
 
     def edit(self, question: str, target: str) -> None:
         start_time = time.perf_counter()
@@ -306,25 +351,38 @@ class WiseEditor:
             # the edit's score from its own positions only: a running value there would carry
             # the shared preamble's scores along
             s_edit = (sequence_scores(token_scores, batch.real, agg, curve_only=True) * distinct).amax()
-            running, _ = sequence_scores(token_scores, batch.real, agg)
+            running, _ = sequence_scores(token_scores, prompt, agg)
             with torch.no_grad():
                 # train as it will be used: the side memory answers from the first position whose
                 # routing score reaches the routing ratio of the edit's score, the main memory
                 # before that (the shared preamble stays on the main memory at inference)
                 gate = (running >= ratio * s_edit) & batch.real
             nll, exact = batch.target_stats(batch.base_out + side * gate[..., None])
-            pick = torch.randint(len(self.loc_x), (min(hp["n_loc"], len(self.loc_x)),),
-                                 generator=self.generator).to(self.device)
+            n_loc = min(hp["n_loc"], len(self.loc_x))
+            if hp["loc_select"] == "hardest":
+                if steps % LOC_RESCORE_EVERY == 0:  # the hardest prompts change slowly
+                    all_out = self._loc_scores(delta.detach())
+                    pick = all_out.topk(n_loc).indices
+                    out_max, out_fresh = float(all_out.max()), True
+                else:
+                    out_fresh = False
+            else:
+                pick = torch.randint(len(self.loc_x), (n_loc,), generator=self.generator).to(self.device)
             loc_scores = F.linear(self.loc_x[pick].float(), delta).norm(dim=-1)
             s_out = sequence_scores(loc_scores, self.loc_real[pick], agg)[0].amax(-1)
             margin = (F.relu(s_out - alpha) + F.relu(beta - s_edit)
                       + F.relu(gamma - (s_edit - s_out))).mean()
             # done when the edit works: greedy decoding gives the target, and its score reaches
-            # beta and would route it while the sampled out-of-scope prompts stay below (alpha
-            # itself may be out of reach at another model's score scale). A weak edit would set
-            # a low threshold for its whole memory: it is the weakest edit that fixes it
+            # beta and would route it while the out-of-scope prompts (all of them with
+            # `hardest`, else the sampled ones) stay below (alpha itself may be out of reach at
+            # another model's score scale). A weak edit would set a low threshold for its whole
+            # memory: it is the weakest edit that fixes it
             score = float(s_edit.detach())
-            routed = score >= beta and score * ratio > float(s_out.detach().max())
+            if hp["loc_select"] != "hardest":
+                out_max = float(s_out.detach().max())
+            elif exact and score >= beta and not out_fresh:  # stop only on current scores
+                out_max, out_fresh = float(self._loc_scores(delta.detach()).max()), True
+            routed = score >= beta and score * ratio > out_max
             if steps == hp["n_iter"] or (hp["reg"] == "early_stop" and exact and routed):
                 break
             (nll + margin).backward()
@@ -335,6 +393,8 @@ class WiseEditor:
                     limit = hp["norm_constraint"]
                     delta.copy_(self.memory.start + (delta - self.memory.start).clamp(-limit, limit))
             steps += 1
+        if hp["loc_select"] == "hardest" and not out_fresh:
+            out_max = float(self._loc_scores(delta.detach()).max())
         self.shard = delta.detach()
         self.in_shard += 1
         self.memory.since_merge += 1
@@ -345,7 +405,7 @@ class WiseEditor:
         self.log.info("wise: edit %d (%s): %d steps, target NLL %.3f, greedy %s; score on the edit "
                       "%.2f, out-of-scope max %.2f; %.1f s", len(self.times), where, steps,
                       float(nll.detach()), "exact" if exact else "not exact", float(s_edit.detach()),
-                      float(s_out.detach().max()), self.times[-1])
+                      out_max, self.times[-1])
 
     def _after_edit(self) -> None:
         hp, memory = self.hp, self.memory
@@ -379,6 +439,12 @@ class WiseEditor:
                             torch.ones_like(x[None, :, 0], dtype=torch.bool), self.hp["act_agg"])[0].max()
             for x in self.memory.edit_inputs])
         threshold = self.hp["act_ratio"] * scores.min()
+        if self.hp["threshold_above_loc"]:
+            # merged shards add up: each kept its own out-of-scope scores low, but their common
+            # part (the push toward a refusal) sums, and a merged memory of 5 factual edits
+            # routed 72 of 177 retain questions. No out-of-scope prompt may reach the threshold,
+            # even if a weak edit then stays on the main memory
+            threshold = torch.maximum(threshold, self._loc_scores(delta).max() * (1 + 1e-3))
         slot = self.closed
         self.memories.deltas = torch.cat([self.memories.deltas[:slot], delta[None]])
         self.memories.thresholds = torch.cat([self.memories.thresholds[:slot], threshold[None]])
