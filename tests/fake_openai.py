@@ -49,12 +49,15 @@ class FakeOpenAI:
                     answer = server.respond(n, body)
                     if answer.delay:
                         time.sleep(answer.delay)
+                finally:
+                    # done before the reply leaves: a client that sends its next request as soon
+                    # as it reads this one must not find it still counted (a race on busy machines)
+                    with server.lock:
+                        server.in_flight -= 1
+                try:
                     self._send(answer, body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test)
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
 
             def _send(self, answer: Answer, body: dict):
                 if answer.raw is not None:
