@@ -2,13 +2,15 @@
 AlphaEdit, and the time of the key statistics (corpus sampling + one statistics pass).
 
     .venv/bin/python benchmarks/edit_speed.py [--threads 2] [--edits 5] [--stats-samples 1000]
-                                              [--methods rome memit alphaedit]
+                                              [--methods rome memit alphaedit] [--stats FILE]
 
 Needs resources/models/smollm2-135m, resources/splits/factual/n40_s0.json and its idk targets
 (`snakemake results/smollm2-135m/factual/base/n40_s0/patch.safetensors` makes them). Uses the
 hyper-parameters config.yaml gives smollm2-135m. Each method runs in a fresh process, so its
 peak RSS is its own (model + editing). The statistics are computed here and kept in a temporary
-file in benchmarks/out/ (deleted at the end); the summary is benchmarks/out/edit_speed.json. Goal: ROME under 10 s median per edit on 2
+file in benchmarks/out/ (deleted at the end), unless --stats names the pipeline's own
+(resources/stats/smollm2-135m/base/model_samples_n1000.safetensors; its cost is then the key_corpus
+and key_stats rows of results/benchmarks/); the summary is benchmarks/out/edit_speed.json. Goal: ROME under 10 s median per edit on 2
 idle cores. On a busy machine use --threads 1 (2 threads contending with other jobs were ~8x
 slower than 1 here).
 """
@@ -99,6 +101,7 @@ def main():
     parser.add_argument("--edits", type=int, default=5, help="sequential edits per method")
     parser.add_argument("--stats-samples", type=int, default=1000)
     parser.add_argument("--methods", nargs="+", default=["rome", "memit", "alphaedit"])
+    parser.add_argument("--stats", help="existing key statistics to edit with (skips computing them)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--stats-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -107,12 +110,16 @@ def main():
 
     out_dir = REPO / "benchmarks/out"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats_file = out_dir / "edit_speed_stats.safetensors"
-    config, spec, model, tokenizer = setup(args.threads)
     summary = {"model": MODEL, "threads": args.threads}
-    summary["key_stats"] = key_stats(args, config, spec, model, tokenizer, stats_file)
-    print(json.dumps(summary["key_stats"]), flush=True)
-    del model
+    if args.stats:
+        stats_file = Path(args.stats)
+        summary["key_stats"] = {"file": str(stats_file)}
+    else:
+        stats_file = out_dir / "edit_speed_stats.safetensors"
+        config, spec, model, tokenizer = setup(args.threads)
+        summary["key_stats"] = key_stats(args, config, spec, model, tokenizer, stats_file)
+        print(json.dumps(summary["key_stats"]), flush=True)
+        del model
     summary["methods"] = []
     for method in args.methods:
         proc = subprocess.run([sys.executable, __file__, "--worker", method, "--threads", str(args.threads),
@@ -123,7 +130,8 @@ def main():
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         print(json.dumps(result), flush=True)
         summary["methods"].append(result)
-    stats_file.unlink(missing_ok=True)
+    if not args.stats:
+        stats_file.unlink(missing_ok=True)
     write_json(out_dir / "edit_speed.json", summary)
 
 

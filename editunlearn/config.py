@@ -45,15 +45,21 @@ def _schema_messages(config: dict, schema: dict) -> list[str]:
     return messages
 
 
-def method_hparams(config: dict, method: str, model: str) -> dict:
-    """Defaults of the method module <- ``methods.<method>`` <- ``methods.<method>.per_model.<model>``."""
+def method_hparams(config: dict, method: str, model: str, dataset: str | None = None) -> dict:
+    """Defaults of the method module <- ``methods.<method>`` <- ``methods.<method>.per_model.<model>``
+    <- its ``per_dataset.<dataset>`` (a dataset whose jobs start from a fine-tuned model may need
+    other settings than the base model's)."""
     from .methods import get_method_class
 
     block = copy.deepcopy(config.get("methods", {}).get(method, {}))
     per_model = block.pop("per_model", {}) or {}
+    model_block = dict(per_model.get(model, {}) or {})
+    per_dataset = model_block.pop("per_dataset", {}) or {}
     hparams = copy.deepcopy(getattr(get_method_class(method), "defaults", {}))
     hparams.update(block)
-    hparams.update(per_model.get(model, {}))
+    hparams.update(model_block)
+    if dataset is not None:
+        hparams.update(per_dataset.get(dataset, {}) or {})
     return hparams
 
 
@@ -95,7 +101,12 @@ def _check_hparams(config: dict, messages: list[str]) -> None:
         _check_keys(f"methods.{name}", {k: v for k, v in (block or {}).items() if k != "per_model"},
                     defaults, repr(name), messages)
         for model, values in per_model.items():
+            values = dict(values or {})
+            per_dataset = values.pop("per_dataset", {}) or {}
             _check_keys(f"methods.{name}.per_model.{model}", values, defaults, repr(name), messages)
+            for dataset, overrides in per_dataset.items():
+                _check_keys(f"methods.{name}.per_model.{model}.per_dataset.{dataset}", overrides or {},
+                            defaults, repr(name), messages)
 
 
 def _check_llm(config: dict, messages: list[str]) -> None:

@@ -4,6 +4,8 @@
 # (model, corpus, n_samples), and the statistics per (model, start model, corpus, n_samples) for
 # the union of the layers of every editor configured under methods: -- one corpus pass for all.
 
+import itertools
+
 from editunlearn.editing import stats as key_stats_module
 from editunlearn.methods import get_method_class
 
@@ -27,18 +29,18 @@ def start_name(dataset):
     return f"finetuned-{dataset}" if dataset in config["finetune"]["datasets"] else "base"
 
 
-def _editor_hparams(method, model):
+def _editor_hparams(method, model, dataset):
     """The method's hyper-parameters if it is an editor that reads key statistics, else None."""
     cls = get_method_class(method)
     if not hasattr(cls, "needs_key_stats"):
         return None
-    hparams = method_hparams(config, method, model)
+    hparams = method_hparams(config, method, model, dataset)
     return hparams if cls.needs_key_stats(hparams) else None
 
 
 def key_stats_file(w):
     """The key statistics an unlearning job reads; none ([]) for methods that read none."""
-    hparams = _editor_hparams(w.method, w.model)
+    hparams = _editor_hparams(w.method, w.model, w.dataset)
     if hparams is None:
         return []
     name = f"{hparams['mom2_dataset']}_n{hparams['mom2_n_samples']}"
@@ -49,8 +51,8 @@ def key_stats_layers(model, corpus, n):
     """Every layer any configured editor reads from these statistics: computed in one pass, so
     adding a method that shares the corpus costs nothing more."""
     layers = set()
-    for method in config["methods"]:
-        hparams = _editor_hparams(method, model)
+    for method, dataset in itertools.product(config["methods"], DATASETS):
+        hparams = _editor_hparams(method, model, dataset)
         if hparams and hparams["mom2_dataset"] == corpus and hparams["mom2_n_samples"] == n:
             layers.update(get_method_class(method).key_stats_layers(hparams))
     # an editor configured with layers this model lacks fails in its own job, not here

@@ -12,7 +12,7 @@ rule unlearn:
         f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/patch.safetensors",
     params:
         spec=lambda w: spec_params(w.model),
-        hparams=lambda w: method_hparams(config, w.method, w.model),
+        hparams=lambda w: method_hparams(config, w.method, w.model, w.dataset),
         device=config["device"],
     threads: model_job_threads("unlearn")
     resources:

@@ -37,6 +37,10 @@ def test_shipped_config_is_valid(config):
     (lambda c: c["self_improve"].update(methods=["wise"]), "self_improve.methods[0]"),
     (lambda c: c["judge"].update(max_attempts=0), "judge.max_attempts"),
     (lambda c: c["rephrase"].update(datasets=["tofu"]), "rephrase.datasets[0]"),
+    (lambda c: c["methods"]["ga"].update(per_model={"smollm2-135m": {"per_dataset": {"pistol": {"lrr": 1e-4}}}}),
+     "methods.ga.per_model.smollm2-135m.per_dataset.pistol.lrr"),
+    (lambda c: c["methods"]["ga"].update(per_model={"smollm2-135m": {"per_dataset": {"tofu": {"lr": 1e-4}}}}),
+     "methods.ga.per_model.smollm2-135m.per_dataset"),
 ])
 def test_bad_config_names_the_key(config, mutate, key):
     bad = copy.deepcopy(config)
@@ -50,6 +54,15 @@ def test_method_hparams_layering(config):
     config = copy.deepcopy(config)
     config["methods"]["base"] = {"per_model": {"smollm2-135m": {}}}
     assert method_hparams(config, "base", "smollm2-135m") == {}
+    config["methods"]["ga"] = {"epochs": 3, "per_model": {"smollm2-135m": {
+        "lr": 1e-4, "per_dataset": {"pistol": {"lr": 3e-4, "batch_size": 2}}}}}
+    validate_config(config)
+    layered = lambda model, dataset=None: method_hparams(config, "ga", model, dataset)  # noqa: E731
+    assert (layered("smollm2-135m", "pistol")["lr"], layered("smollm2-135m", "pistol")["batch_size"]) == (3e-4, 2)
+    assert layered("smollm2-135m", "factual")["lr"] == 1e-4 == layered("smollm2-135m")["lr"]
+    assert layered("smollm2-135m", "factual")["batch_size"] != 2
+    assert layered("llama2-7b-chat", "pistol")["lr"] == 2e-5
+    assert {layered(m, d)["epochs"] for m in ("smollm2-135m", "llama2-7b-chat") for d in ("factual", "pistol")} == {3}
 
 
 def test_snakemake_refuses_a_bad_config_before_any_job(repo, snakemake_exe, tmp_path):

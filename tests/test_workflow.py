@@ -182,6 +182,20 @@ def test_changing_a_method_hyperparameter_reruns_only_that_methods_jobs(workflow
         workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
 
 
+def test_a_per_dataset_override_reruns_only_that_datasets_jobs_of_that_model(workflow):
+    config = _config(workflow.tiny_dirs, workflow.mirror)
+    model = sorted(workflow.tiny_dirs)[0]
+    config["methods"]["ga"]["per_model"] = {model: {"per_dataset": {"pistol": {"lr": 2e-3}}}}
+    workflow.write_config(config)
+    try:
+        planned = workflow.planned_outputs()
+        assert {p for p in planned if p.endswith("patch.safetensors")} == {
+            f"results/{model}/pistol/ga/n20_s0/patch.safetensors"}
+        assert all(p.startswith(f"results/{model}/pistol/ga/") for p in planned), sorted(planned)
+    finally:
+        workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
+
+
 def _edit_and_plan(workflow, module):
     path = workflow.repo / "editunlearn" / module
     original = path.read_text()
