@@ -126,7 +126,8 @@ def fig4(desc, png, pdf, root="."):
         labels = [next(r.label for r in mine if r.method == m) for m in methods]
         ax.set_xticks(range(len(methods)), labels, rotation=45, ha="right")
         ax.set_ylabel("1 − R1@Forget + R1@Retain")
-        ax.set_ylim(0, 2)
+        ax.set_ylim(0, 2.5)  # scores lie in [0, 2]; the band above holds the legend, clear of the bars
+        ax.set_yticks([0, 0.5, 1, 1.5, 2])
         ax.grid(axis="y", alpha=0.3, lw=0.5)
         handles, names = ax.get_legend_handles_labels()
         if desc.get("reference"):
@@ -140,7 +141,7 @@ def fig4(desc, png, pdf, root="."):
 
         pax = fig.add_axes([0.2, 0.07, 0.6, 0.32], projection="polar")
         first = datasets[0] if datasets else None
-        axes_names = ["Forget", "Rephrase", "Retain"]
+        axes_names = ["Forget\n(1 − R1)", "Rephrase\n(1 − R1)", "Retain (R1)"]
         angles = [math.pi / 2 + k * 2 * math.pi / 3 for k in range(3)]
         missing_rephrase = True
         for method in radar:
@@ -153,7 +154,7 @@ def fig4(desc, png, pdf, root="."):
             vals = [1 - f if f is not None else 0, 1 - rp if rp is not None else 0, rt or 0]
             pax.plot(angles + angles[:1], vals + vals[:1], color=_colour(method), lw=1.2, label=row.label)
             pax.fill(angles + angles[:1], vals + vals[:1], color=_colour(method), alpha=0.08)
-        pax.set_xticks(angles, [n + ("\n(not evaluated)" if n == "Rephrase" and missing_rephrase else "")
+        pax.set_xticks(angles, [n + ("\n(not evaluated)" if n.startswith("Rephrase") and missing_rephrase else "")
                                 for n in axes_names])
         pax.set_ylim(0, 1)
         pax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "0.5", "", "1"], fontsize=5.5)
