@@ -76,7 +76,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="+")
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--configfile", nargs="*", default=[])
+    parser.add_argument("--configfile", action="append", default=[], help="passed to snakemake (repeatable)")
     parser.add_argument("--by-rule", action="store_true", help="also each target's CPU hours per rule")
     args = parser.parse_args()
 
