@@ -22,6 +22,8 @@ EXPERIMENTS = TABLES + FIGURES + (COMPARISON,)
 COMPARISON_TABLES = ("table1", "table2", "table5", "table6", "table7")
 # Figures with two parts, each its own grid (paper Fig. 6: left self-improvement, right merging).
 PARTS = {"fig6": ("left", "right")}
+# The parts that show alignment-judge scores (Table 6, Fig. 6 left); no other job is judged.
+JUDGED_PARTS = {"table6": (None,), "fig6": ("left",)}
 REFERENCE_METHOD_DEFAULT = "base"
 
 

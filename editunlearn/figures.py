@@ -273,7 +273,9 @@ def fig6(desc, png, pdf, root=".", judges=()):
                     ax.bar(x + (k - 0.5) * width, v, width, color=c, alpha=shade, edgecolor="white", lw=0.3,
                            label=name if x == next(i for i, rr in enumerate(left) if rr.values.get(key) is not None) else None)
         if not any_judge:
-            _no_data(ax, "no judge scores (judge.json) for these jobs")
+            _no_data(ax, "judge scores withheld: its verdicts were unreadable"
+                     if any(r.values.get("judge_withheld") for r in left)
+                     else "no judge scores (judge.json) for these jobs")
         else:
             ax.legend(frameon=False, loc="upper left", ncol=2)
         ax.set_ylabel("Judge score (1–5)")

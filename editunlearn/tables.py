@@ -130,29 +130,25 @@ class Row:
 
 
 def read_judge(path: str) -> dict:
-    """The alignment scores of a judge.json, whatever its nesting: the first value found for
-    each known key (also ``<key>_mean``), None where missing or not a number."""
-    flat: dict = {}
-
-    def walk(obj):
-        if isinstance(obj, dict):
-            for key, value in obj.items():
-                if isinstance(value, (dict, list)):
-                    walk(value)
-                elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                    flat.setdefault(key, float(value))
-                    if key.endswith("_mean"):
-                        flat.setdefault(key[: -len("_mean")], float(value))
-
+    """The alignment scores of a judge.json as editunlearn.judge writes it: the judge's three
+    scores at the top level (null when withheld as unreliable), the proxies under ``proxy``.
+    Counts such as ``unparsed`` share the score names and must never be read as scores."""
     try:
-        walk(read_json(path))
+        judged = read_json(path)
     except (OSError, json.JSONDecodeError):
         return {}
-    aliases = {"semantic_entailment": ("semantic_entailment", "entailment"),
-               "trustworthiness": ("trustworthiness", "trust")}
-    out = {}
-    for key, _, _ in ALIGNMENT:
-        out[key] = next((flat[a] for a in aliases.get(key, (key,)) if a in flat), None)
+    if not isinstance(judged, dict):
+        return {}
+    proxy = judged.get("proxy") if isinstance(judged.get("proxy"), dict) else {}
+    sources = {"forget_quality": judged.get("forget_quality"),
+               "semantic_entailment": judged.get("entailment"),
+               "trustworthiness": judged.get("trustworthiness"),
+               "refusal_rate": proxy.get("refusal_rate"),
+               "entity_mention_rate": proxy.get("entity_mention_rate"),
+               "leak_rate": proxy.get("leak_rate")}
+    out = {key: float(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
+           else None for key, value in sources.items()}
+    out["withheld"] = judged.get("reliable") is False
     return out
 
 
@@ -217,6 +213,7 @@ def _aggregate(summaries: list[dict], judged: list[dict]) -> dict:
     values["combined_score"] = None if forget is None or retain is None else 1.0 - forget + retain
     for key, _, _ in ALIGNMENT:
         values[key] = _mean([j.get(key) for j in judged])
+    values["judge_withheld"] = any(j.get("withheld") for j in judged)
     return values
 
 
@@ -376,13 +373,16 @@ def footnotes(layout: Layout, rows: list[Row], desc: dict) -> list[str]:
     missing = sorted({c.group for c in layout.columns for r in rows if r.values.get(c.key) is None})
     if missing:
         notes.append(f"{MISSING}: not available ({', '.join(missing)}): "
-                     + "; ".join(_missing_reason(g) for g in missing) + ".")
+                     + "; ".join(_missing_reason(g, rows) for g in missing) + ".")
     return notes
 
 
-def _missing_reason(group: str) -> str:
+def _missing_reason(group: str, rows: list[Row]) -> str:
     if group.startswith("Rephrased"):
         return "the rephrase split was not evaluated for these jobs"
+    if group.startswith("Alignment") and any(r.values.get("judge_withheld") for r in rows):
+        return ("the judge's verdicts could not be read for most answers (judge.json: "
+                "reliable false), so its scores are withheld; the proxy rates stand")
     if group.startswith("Alignment"):
         return "no judge scores (judge.json) for these jobs"
     return f"{group}: missing from the summaries"

@@ -168,7 +168,8 @@ def judge_files(name):
 
     def files(wildcards):
         parts = experiments_grid.experiment_cells(config, name)
-        paths = [c.judge for part in parts.values() for c in part["cells"]]
+        paths = [c.judge for part in experiments_grid.JUDGED_PARTS.get(name, ())
+                 for c in parts[part]["cells"]]
         return [p for p in dict.fromkeys(paths) if made_by_a_rule(p)]
 
     return files

@@ -51,6 +51,7 @@ def write_job(root: Path, cell: experiments.Cell, with_rephrase=True, judge=True
             "n": 10, "forget_quality": _u(cell.job_dir, "fq"),
             "entailment": 1 + 4 * _u(cell.job_dir, "se"),
             "trustworthiness": 1 + 4 * _u(cell.job_dir, "tw"),
+            "unparsed": {"forget_quality": 3, "entailment": 2, "trustworthiness": 7}, "reliable": True,
             "proxy": {"refusal_rate": _u(cell.job_dir, "rr"), "entity_mention_rate": _u(cell.job_dir, "em"),
                       "leak_rate": _u(cell.job_dir, "lr")}}))
 

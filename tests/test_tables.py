@@ -218,6 +218,27 @@ def test_table6_reads_judge_scores_defensively(tmp_path, config):
     assert "refusal targets: self-improve (after self-improvement)" in out["md"].read_text()
 
 
+def test_withheld_judge_scores_are_missing_not_the_unparsed_counts(tmp_path, config):
+    # A weak judge: scores withheld (null), the counts of unreadable verdicts under the same names.
+    write_experiment(tmp_path, config, "table6")
+    cells = [c for p in E.experiment_cells(config, "table6").values() for c in p["cells"]]
+    judged = json.loads((tmp_path / cells[0].judge).read_text())
+    judged.update(forget_quality=None, entailment=None, trustworthiness=None, reliable=False,
+                  unparsed={"forget_quality": 18, "entailment": 1, "trustworthiness": 1})
+    (tmp_path / cells[0].judge).write_text(json.dumps(judged))
+    assert read_judge(str(tmp_path / cells[0].judge)) == {
+        "forget_quality": None, "semantic_entailment": None, "trustworthiness": None,
+        "refusal_rate": judged["proxy"]["refusal_rate"],
+        "entity_mention_rate": judged["proxy"]["entity_mention_rate"],
+        "leak_rate": judged["proxy"]["leak_rate"], "withheld": True}
+    out = {k: tmp_path / f"t.{k}" for k in ("csv", "md", "tex", "html")}
+    rows = make_table("table6", E.describe(config, "table6"), out, root=str(tmp_path),
+                      judges=[c.judge for c in cells])
+    row = next(r for r in rows if (r.method, r.target, r.n) == (cells[0].method, cells[0].target, cells[0].n))
+    assert row.values["forget_quality"] is None and row.values["refusal_rate"] is not None
+    assert "scores are withheld" in out["md"].read_text()
+
+
 def test_every_layout_renders(tmp_path, config):
     for name in E.TABLES:
         write_experiment(tmp_path, config, name)
@@ -377,6 +398,14 @@ def test_every_target_resolves_in_a_dry_run(snakemake_exe, repo, tmp_path):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
     assert all(counts.get(t) == "1" for t in TARGETS), counts
     assert "unlearn" in counts and "table_base_models" not in counts
+
+
+def test_only_the_parts_that_show_alignment_are_judged(snakemake_exe, repo, tmp_path):
+    # Fig. 6: the self-improvement panel shows judge scores, the merging panel does not.
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    out = _snakemake(snakemake_exe, repo, tmp_path, "-n", "fig6")
+    judged = set(re.findall(r"results/[^\s,]+/(\w+)/(n\w+)/judge\.json", out))
+    assert judged == {("gd", "n4_s0"), ("wise", "n4_s0")}, judged
 
 
 @pytest.fixture(scope="module")
