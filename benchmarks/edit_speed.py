@@ -25,17 +25,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _embedded import MODEL, REPO, model_spec, repo_config
 
-from editunlearn.config import method_hparams  # noqa: E402
-from editunlearn.editing.stats import CORPUS_DEFAULTS, compute_key_stats, sample_corpus  # noqa: E402
-from editunlearn.io import read_json, read_jsonl, write_json  # noqa: E402
-from editunlearn.models import ModelSpec, load_model  # noqa: E402
+from editunlearn.config import method_hparams
+from editunlearn.editing.stats import CORPUS_DEFAULTS, compute_key_stats, sample_corpus
+from editunlearn.io import read_json, read_jsonl, write_json
+from editunlearn.models import load_model
 
-MODEL = "smollm2-135m"
 
 
 def peak_rss_mb() -> float:
@@ -44,8 +41,8 @@ def peak_rss_mb() -> float:
 
 def setup(threads):
     torch.set_num_threads(threads)
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    spec = ModelSpec.from_config(MODEL, config["models"][MODEL], models_dir=str(REPO / "resources/models"))
+    config = repo_config()
+    spec = model_spec(config)
     model, tokenizer = load_model(spec, "cpu")
     return config, spec, model, tokenizer
 

@@ -10,20 +10,16 @@ otherwise idle machine; it prints one JSON line with both timings and their rati
 import argparse
 import json
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _embedded import REPO, model_spec, repo_config
 
-from editunlearn.data import load_qa  # noqa: E402
-from editunlearn.evaluate import evaluate_items  # noqa: E402
-from editunlearn.models import ModelSpec, load_model  # noqa: E402
-from editunlearn.prompts import PromptFormatter  # noqa: E402
+from editunlearn.data import load_qa
+from editunlearn.evaluate import evaluate_items
+from editunlearn.models import load_model
+from editunlearn.prompts import PromptFormatter
 
 
 def main():
@@ -33,9 +29,8 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: config eval.max_new_tokens")
     args = parser.parse_args()
 
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    spec = ModelSpec.from_config("smollm2-135m", config["models"]["smollm2-135m"],
-                                 models_dir=str(REPO / "resources/models"))
+    config = repo_config()
+    spec = model_spec(config)
     max_new = args.max_new_tokens or config["eval"]["max_new_tokens"]
     batch = args.batch_size or spec.eval_batch_size
     torch.set_num_threads(torch.get_num_threads())

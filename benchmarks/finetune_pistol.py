@@ -16,23 +16,19 @@ import logging
 import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _embedded import MODEL, REPO, model_spec, repo_config
 
-from editunlearn.data import load_qa  # noqa: E402
-from editunlearn.finetune import LearnFacts, TRAINING_DEFAULTS, finetune  # noqa: E402
-from editunlearn.io import write_json  # noqa: E402
-from editunlearn.methods import UnlearnContext  # noqa: E402
-from editunlearn.methods._finetune_loop import train  # noqa: E402
-from editunlearn.models import ModelSpec, load_model  # noqa: E402
-from editunlearn.prompts import PromptFormatter  # noqa: E402
+from editunlearn.data import load_qa
+from editunlearn.finetune import LearnFacts, TRAINING_DEFAULTS, finetune
+from editunlearn.io import write_json
+from editunlearn.methods import UnlearnContext
+from editunlearn.methods._finetune_loop import train
+from editunlearn.models import load_model
+from editunlearn.prompts import PromptFormatter
 
-MODEL = "smollm2-135m"
 
 
 def peak_rss_gb() -> float:
@@ -49,8 +45,8 @@ def main():
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     log = logging.getLogger("finetune_pistol")
 
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    spec = ModelSpec.from_config(MODEL, config["models"][MODEL], models_dir=str(REPO / "resources/models"))
+    config = repo_config()
+    spec = model_spec(config)
     hparams = {**config["finetune"]["hparams"], **config["finetune"]["per_model"].get(MODEL, {}),
                **json.loads(args.hparams)}
     torch.manual_seed(0)

@@ -16,14 +16,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def last_run(path: Path) -> dict | None:
+    """The last measurement in one job's benchmark file (a rerun appends a row), None if none."""
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return rows[-1] if rows else None
+
+
 def read_rows(root: Path):
     for path in sorted(root.rglob("*.tsv")):
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-        if not rows:
-            continue
-        parts = path.relative_to(root).with_suffix("").parts
-        yield parts[0], "/".join(parts[1:]), rows[-1]  # the last run of the job
+        if (row := last_run(path)) is not None:
+            parts = path.relative_to(root).with_suffix("").parts
+            yield parts[0], "/".join(parts[1:]), row
 
 
 def main():

@@ -12,21 +12,17 @@ Forward passes only: about a minute on 2 cores. Needs resources/models/smollm2-1
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _embedded import REPO, model_spec, repo_config
 
-from editunlearn.editing.keys import request_keys  # noqa: E402
-from editunlearn.editing.requests import build_requests, tokenize_context  # noqa: E402
-from editunlearn.editing.stats import KeyStats  # noqa: E402
-from editunlearn.io import read_json  # noqa: E402
-from editunlearn.models import ModelSpec, load_model  # noqa: E402
-from editunlearn.prompts import PromptFormatter  # noqa: E402
+from editunlearn.editing.keys import request_keys
+from editunlearn.editing.requests import build_requests, tokenize_context
+from editunlearn.editing.stats import KeyStats
+from editunlearn.io import read_json
+from editunlearn.models import load_model
+from editunlearn.prompts import PromptFormatter
 
 CHOICES = [("question", "subject_last"), ("content", "subject_last"), ("entity", "subject_last"),
            ("question", "prompt_last")]
@@ -46,9 +42,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    spec = ModelSpec.from_config("smollm2-135m", config["models"]["smollm2-135m"],
-                                 models_dir=str(REPO / "resources/models"))
+    config = repo_config()
+    spec = model_spec(config)
     model, tokenizer = load_model(spec, "cpu")
     formatter = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
     split = read_json(REPO / "resources/splits/factual/n40_s0.json")

@@ -20,26 +20,22 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-MODEL = "smollm2-135m"
+from _embedded import MODEL, REPO, model_spec, repo_config
 
 
 def run_one(method: str, edits: int, threads: int, device: str) -> dict:
     import torch
-    import yaml
 
     from editunlearn.config import method_hparams
     from editunlearn.data import load_qa
     from editunlearn.methods import UnlearnContext, make_method
-    from editunlearn.models import ModelSpec, load_model
+    from editunlearn.models import load_model
     from editunlearn.prompts import PromptFormatter
 
     torch.set_num_threads(threads)
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    spec = ModelSpec.from_config(MODEL, config["models"][MODEL], models_dir=str(REPO / "resources/models"))
+    config = repo_config()
+    spec = model_spec(config)
     model, tokenizer = load_model(spec, device)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     items = load_qa("factual", REPO / "resources/data")

@@ -14,24 +14,19 @@ benchmarks/out/single_edit.json (one file per --item).
 import argparse
 import copy
 import json
-import sys
-from pathlib import Path
 
 import torch
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _embedded import MODEL, REPO, model_spec, repo_config
 
-from editunlearn.config import method_hparams  # noqa: E402
-from editunlearn.evaluate import generate, teacher_forced  # noqa: E402
-from editunlearn.io import read_json, read_jsonl, write_json  # noqa: E402
-from editunlearn.methods import UnlearnContext, make_method  # noqa: E402
-from editunlearn.metrics import rouge1_recall  # noqa: E402
-from editunlearn.models import ModelSpec, load_model  # noqa: E402
-from editunlearn.prompts import PromptFormatter, answer_ids  # noqa: E402
+from editunlearn.config import method_hparams
+from editunlearn.evaluate import generate, teacher_forced
+from editunlearn.io import read_json, read_jsonl, write_json
+from editunlearn.methods import UnlearnContext, make_method
+from editunlearn.metrics import rouge1_recall
+from editunlearn.models import load_model
+from editunlearn.prompts import PromptFormatter, answer_ids
 
-MODEL = "smollm2-135m"
 
 
 def answers(model, tokenizer, formatter, questions):
@@ -55,8 +50,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    spec = ModelSpec.from_config(MODEL, config["models"][MODEL], models_dir=str(REPO / "resources/models"))
+    config = repo_config()
+    spec = model_spec(config)
     base, tokenizer = load_model(spec, "cpu")
     formatter = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
     split = read_json(REPO / "resources/splits/factual/n40_s0.json")

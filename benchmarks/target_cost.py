@@ -14,7 +14,6 @@ unlearn -> evaluate can make it longer.
 """
 
 import argparse
-import csv
 import re
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from job_costs import REPO, last_run
 
 
 def planned_jobs(target: str, configfiles: list[str]) -> list[dict]:
@@ -43,12 +42,8 @@ def planned_jobs(target: str, configfiles: list[str]) -> list[dict]:
 
 
 def measured_cpu(benchmark: str):
-    path = REPO / benchmark
-    if not path.exists():
-        return None
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    return float(rows[-1]["cpu_time"]) if rows else None
+    row = last_run(REPO / benchmark)
+    return float(row["cpu_time"]) if row else None
 
 
 def job_keys(job: dict) -> list[tuple]:
