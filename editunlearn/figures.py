@@ -233,9 +233,25 @@ def fig5(desc, png, pdf, md, root="."):
 # ---------------------------------------------------------------- Figure 6
 
 
+def _paired_bars(ax, xs, rows, colours, keys):
+    """Two bars per row (full and pale shade of the method's colour), legend once per key."""
+    width = 0.38
+    for k, ((key, name), shade) in enumerate(zip(keys, (1.0, 0.45))):
+        labelled = False
+        for x, r, c in zip(xs, rows, colours):
+            v = r.values.get(key)
+            if v is not None:
+                ax.bar(x + (k - 0.5) * width, v, width, color=c, alpha=shade, edgecolor="white", lw=0.3,
+                       label=None if labelled else name)
+                labelled = True
+    ax.legend(frameon=False, loc="upper left", ncol=2)
+
+
 def fig6(desc, png, pdf, root=".", judges=()):
-    """Left: self-improvement (rephrase 1 - Rouge1; entailment and trustworthiness, 1-5).
-    Right: combined score against the number of questions merged per edit."""
+    """Left: self-improvement (rephrase 1 - Rouge1; the judge's entailment and trustworthiness,
+    1-5, or where the judge's scores are withheld or absent its proxy rates).
+    Right: combined score against the number of questions merged per edit. Returns what the
+    alignment panel shows: "judge", "proxies" or None."""
     left = build_rows(desc, "left", root, judges)
     right = build_rows(desc, "right", root)
     model, title = _first_model(desc, "left")
@@ -262,25 +278,28 @@ def fig6(desc, png, pdf, root=".", judges=()):
         ax.set_xticks(list(xs), [])  # the same bars as the panel below, which names them
         ax.set_title(f"Self-improvement (hatched: self-improved targets)\n{title}", fontsize=6.5)
         ax = axes[1]
-        width = 0.38
-        any_judge = False
-        for k, (key, name, shade) in enumerate((("semantic_entailment", "Entailment", 1.0),
-                                                ("trustworthiness", "Trustworthiness", 0.45))):
-            for x, r, c in zip(xs, left, colours):
-                v = r.values.get(key)
-                if v is not None:
-                    any_judge = True
-                    ax.bar(x + (k - 0.5) * width, v, width, color=c, alpha=shade, edgecolor="white", lw=0.3,
-                           label=name if x == next(i for i, rr in enumerate(left) if rr.values.get(key) is not None) else None)
-        if not any_judge:
-            _no_data(ax, "judge scores withheld: its verdicts were unreadable"
-                     if any(r.values.get("judge_withheld") for r in left)
-                     else "no judge scores (judge.json) for these jobs")
+        judged = any(r.values.get(k) is not None for r in left
+                     for k in ("semantic_entailment", "trustworthiness"))
+        proxied = any(r.values.get(k) is not None for r in left
+                      for k in ("entity_mention_rate", "refusal_rate"))
+        if judged:
+            _paired_bars(ax, xs, left, colours, (("semantic_entailment", "Entailment"),
+                                                 ("trustworthiness", "Trustworthiness")))
+            ax.set_ylabel("Judge score (1–5)")
+            ax.set_ylim(0, 6.3)  # room for the legend above 5
+            ax.set_yticks([1, 2, 3, 4, 5])
+        elif proxied:
+            # Without readable judge verdicts, the deterministic proxies of appendix D's two scores.
+            _paired_bars(ax, xs, left, colours, (("entity_mention_rate", "Entity mention (≈ entailment)"),
+                                                 ("refusal_rate", "Refusal rate")))
+            ax.set_ylabel("Proxy rate")
+            ax.set_ylim(0, 1.3)
+            ax.set_yticks([0, 0.25, 0.5, 0.75, 1])
+            withheld = any(r.values.get("judge_withheld") for r in left)
+            ax.set_title("judge scores withheld (unreadable verdicts): proxies shown" if withheld
+                         else "no judge scores: proxies shown", fontsize=6, color="#555")
         else:
-            ax.legend(frameon=False, loc="upper left", ncol=2)
-        ax.set_ylabel("Judge score (1–5)")
-        ax.set_ylim(0, 6.3)  # room for the legend above 5
-        ax.set_yticks([1, 2, 3, 4, 5])
+            _no_data(ax, "no judge scores (judge.json) for these jobs")
         ax.set_xticks(list(xs), names, rotation=30, ha="right")
         ax = axes[2]
         right_rows = _method_rows(right, rmodel)
@@ -308,3 +327,4 @@ def fig6(desc, png, pdf, root=".", judges=()):
         n = right_rows[0].n if right_rows else "?"
         ax.set_title(f"Query merging, {n} forget samples\n{rtitle}", fontsize=6.5)
         save(fig, png, pdf)
+    return "judge" if judged else "proxies" if proxied else None

@@ -1,5 +1,7 @@
 """Figures 3-6 from fixed fake summaries: produced, non-empty, column width, reproducible."""
 
+import json
+
 import pytest
 import yaml
 
@@ -77,3 +79,16 @@ def test_case_study_without_a_reference_row(config, tmp_path):
     cases = figures.case_study(E.describe(config, "fig5"), root=str(tmp_path))
     assert [c[0] for c in cases] == ["Who wrote book number 0?", "Who wrote book number 1?"]
     assert cases[0][2][0][0] == "GD"
+
+
+def test_fig6_shows_the_proxies_where_the_judge_was_unreadable(config, tmp_path):
+    write_experiment(tmp_path, config, "fig6")
+    desc, png, pdf = E.describe(config, "fig6"), tmp_path / "f.png", tmp_path / "f.pdf"
+    judges = [c.judge for c in E.experiment_cells(config, "fig6")["left"]["cells"]]
+    assert figures.fig6(desc, png, pdf, root=str(tmp_path), judges=judges) == "judge"
+    for path in judges:
+        judged = json.loads((tmp_path / path).read_text())
+        judged.update(entailment=None, trustworthiness=None, forget_quality=None, reliable=False)
+        (tmp_path / path).write_text(json.dumps(judged))
+    assert figures.fig6(desc, png, pdf, root=str(tmp_path), judges=judges) == "proxies"
+    assert figures.fig6(desc, png, pdf, root=str(tmp_path), judges=[]) is None
