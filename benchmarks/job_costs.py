@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def last_run(path: Path) -> dict | None:
-    """The last measurement in one job's benchmark file (a rerun appends a row), None if none."""
+    """The last measurement in one job's benchmark file (Snakemake rewrites it on each run), None if none."""
     if not path.exists():
         return None
     with open(path, newline="") as f:

@@ -16,8 +16,6 @@ from pathlib import Path
 from .io import atomic_path, read_json, write_json
 
 _PISTOL = "https://raw.githubusercontent.com/bill-shen-BS/PISTOL/9851fb5e48836f329d86a04dcd466307cf6111c8/data"
-_TOFU = "https://raw.githubusercontent.com/locuslab/tofu/8c49eee7da2b96b2b718c41c66f4e21331c89189/data"
-_LUNAR = "https://raw.githubusercontent.com/facebookresearch/LUNAR/dfa56eb0291a93e967284a9ec2d28d5572d235b1/dataset/unlearning"
 
 
 @dataclass(frozen=True)
@@ -37,14 +35,6 @@ SOURCES: dict[str, SourceFile] = {
                    "0776b7c5b1c9973f36eab6edee527b37f3079f6ac61b81387e788b8cd25b6f3e"),
         SourceFile("idontknow.jsonl", "pistol/idontknow.jsonl", f"{_PISTOL}/idontknow.jsonl",
                    "eb9a1e32a6f4112088306e1a65d297240f75513dd5223b2acb326454675fd605"),
-        SourceFile("world_facts_perturbed.json", "tofu/world_facts_perturbed.json",
-                   f"{_TOFU}/world_facts_perturbed.json",
-                   "0e171838040d0ec94b1ce248d891508e85e3b77344370077caa27b61898eb3e1"),
-        SourceFile("real_authors_perturbed.json", "tofu/real_authors_perturbed.json",
-                   f"{_TOFU}/real_authors_perturbed.json",
-                   "a23255383ac75a5fbe5acd57622a03fb9c368954fd7b2428afa152b784d9533a"),
-        SourceFile("refusal_response.txt", "lunar/refusal_response.txt", f"{_LUNAR}/refusal_response.txt",
-                   "984f59b353577a9730389890a6d7be2958a2802ebce4db06a82a82ba0023561f"),
     ]
 }
 
