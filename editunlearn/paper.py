@@ -86,7 +86,8 @@ def _pipeline_rows(tables: dict) -> dict:
             parsed = dict(r)
             for k, v in r.items():
                 if k.startswith(("forget_", "retain_", "rephrase_", "locality_", "delta_")) \
-                        or k in ("combined_score", "forget_quality", "semantic_entailment", "trustworthiness"):
+                        or k in ("combined_score", "forget_quality", "semantic_entailment", "trustworthiness",
+                                 "entity_mention_rate", "refusal_rate", "leak_rate"):
                     parsed[k] = _float(v)
             parsed["n_forget"], parsed["merge"] = int(r["n_forget"]), int(r["merge"])
             parsed["non_functional"] = r["non_functional"] == "1"
@@ -285,8 +286,12 @@ def obs5(rows: dict) -> list[dict]:
             if not before or not after:
                 continue
             b, a = before[0], after[0]
+            # Without the judge's entailment (withheld or not run), its deterministic proxy.
+            entailment = ("semantic_entailment", "entailment") if None not in (
+                b.get("semantic_entailment"), a.get("semantic_entailment")) else (
+                "entity_mention_rate", "entity mention (entailment proxy)")
             for key, label, lower in (("rephrase_rouge1_recall", "rephrase Rouge1", True),
-                                      ("semantic_entailment", "entailment", False),
+                                      (*entailment, False),
                                       ("trustworthiness", "trustworthiness", False)):
                 if b.get(key) is None or a.get(key) is None:
                     continue

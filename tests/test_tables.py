@@ -346,6 +346,25 @@ def test_observations_1_to_4_hold_on_the_papers_own_numbers():
     assert verdicts == {1: "yes", 2: "yes", 3: "yes", 4: "yes", 5: "n/a", 6: "n/a"}
 
 
+def _table6_row(method, target, **values):
+    return {"model": "smollm2-135m", "dataset": "factual", "n_forget": "20", "method": method,
+            "target": target, "merge": "1", "reference": "0", "no_forgetting": "0",
+            "non_functional": "0", **{k: "" if v is None else repr(v) for k, v in values.items()}}
+
+
+@pytest.mark.parametrize("judge, proxy, holds, said", [
+    ((2.0, 3.5), (0.1, 0.2), "yes", "entailment 2.000 → 3.500"),            # the judge decides
+    ((None, None), (0.1, 0.2), "yes", "entity mention (entailment proxy) 0.100 → 0.200"),
+    ((None, None), (0.2, 0.2), "no", "entity mention (entailment proxy) 0.200 → 0.200"),
+])
+def test_obs5_reads_entailment_from_the_judge_else_its_proxy(judge, proxy, holds, said):
+    rows = [_table6_row(m, t, rephrase_rouge1_recall=r, semantic_entailment=j, entity_mention_rate=p)
+            for m in ("wise", "alphaedit")
+            for t, r, j, p in (("idk", 0.3, judge[0], proxy[0]), ("self-improve", 0.1, judge[1], proxy[1]))]
+    (obs,) = [o for o in observations({"table6": rows}) if o["observation"] == 5]
+    assert obs["holds"] == holds and said in obs["evidence"], obs
+
+
 def test_comparison_of_the_paper_with_itself():
     values, taus = compare(_paper_as_pipeline_tables(), load_paper())
     assert values and all(v["difference"] == 0 for v in values)
