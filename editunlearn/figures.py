@@ -289,7 +289,7 @@ def fig6(desc, png, pdf, root=".", judges=()):
             ax.set_ylim(0, 6.3)  # room for the legend above 5
             ax.set_yticks([1, 2, 3, 4, 5])
         elif proxied:
-            # Without readable judge verdicts, the deterministic proxies of appendix D's two scores.
+            # Without readable judge verdicts, the judge's deterministic proxies (judge.json proxy).
             _paired_bars(ax, xs, left, colours, (("entity_mention_rate", "Entity mention (≈ entailment)"),
                                                  ("refusal_rate", "Refusal rate")))
             ax.set_ylabel("Proxy rate")
