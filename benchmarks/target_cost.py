@@ -7,7 +7,7 @@ statistics, fine-tune, unlearning, evaluations). Each job's CPU time comes from 
 `benchmark:` directive wrote under results/benchmarks/ when it last ran here; a job that has not
 run yet is estimated by the median of measured jobs of the same rule, dataset and method (same
 split for evaluations; per forget item for unlearning and forget-set evaluations), else the same
-rule and dataset, and counted as unknown otherwise. Jobs
+rule, dataset and split, and counted as unknown otherwise. Jobs
 without a `benchmark:` (data, splits, tables) take seconds and count as 0. Wall time on `--cores`
 is given as CPU / cores: the floor when every core is kept busy; chains such as fine-tune ->
 unlearn -> evaluate can make it longer.
@@ -47,10 +47,12 @@ def measured_cpu(benchmark: str):
 
 
 def job_keys(job: dict) -> list[tuple]:
-    """From the most to the least specific: the keys a job's cost is estimated by."""
+    """From the most to the least specific: the keys a job's cost is estimated by. The split stays
+    in every key: forget-set costs are kept per forget item, the other splits' per job, and a
+    key that pooled them would mix the two units."""
     wc = wildcards(job)
-    rule, dataset = job["rule"], wc.get("dataset")
-    return [(rule, dataset, wc.get("method"), wc.get("split")), (rule, dataset)]
+    rule, dataset, split = job["rule"], wc.get("dataset"), wc.get("split")
+    return [(rule, dataset, wc.get("method"), split), (rule, dataset, split)]
 
 
 def wildcards(job: dict) -> dict:
