@@ -16,3 +16,14 @@ def repo_config() -> dict:
 
 def model_spec(config: dict) -> ModelSpec:
     return ModelSpec.from_config(MODEL, config["models"][MODEL], models_dir=str(REPO / "resources/models"))
+
+
+def load_embedded(config: dict, device: str = "cpu"):
+    """(spec, model, tokenizer, formatter): the embedded model as a pipeline job loads it, with
+    the prompt formatter evaluation uses."""
+    from editunlearn.models import load_model
+    from editunlearn.prompts import PromptFormatter
+
+    spec = model_spec(config)
+    model, tokenizer = load_model(spec, device)
+    return spec, model, tokenizer, PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)

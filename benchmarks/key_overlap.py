@@ -15,14 +15,12 @@ import argparse
 
 import torch
 
-from _embedded import REPO, model_spec, repo_config
+from _embedded import REPO, load_embedded, repo_config
 
 from editunlearn.editing.keys import request_keys
 from editunlearn.editing.requests import build_requests, tokenize_context
 from editunlearn.editing.stats import KeyStats
 from editunlearn.io import read_json
-from editunlearn.models import load_model
-from editunlearn.prompts import PromptFormatter
 
 CHOICES = [("question", "subject_last"), ("content", "subject_last"), ("entity", "subject_last"),
            ("question", "prompt_last")]
@@ -43,9 +41,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = repo_config()
-    spec = model_spec(config)
-    model, tokenizer = load_model(spec, "cpu")
-    formatter = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
+    spec, model, tokenizer, formatter = load_embedded(config)
     split = read_json(REPO / "resources/splits/factual/n40_s0.json")
     items = [{**it, "target": "-"} for it in (split["forget"] + split["retain"])[: args.n]]
     down = model.get_submodule(spec.module_name("mlp_down", args.layer))

@@ -17,15 +17,14 @@ import json
 
 import torch
 
-from _embedded import MODEL, REPO, model_spec, repo_config
+from _embedded import MODEL, REPO, load_embedded, repo_config
 
 from editunlearn.config import method_hparams
 from editunlearn.evaluate import generate, teacher_forced
 from editunlearn.io import read_json, read_jsonl, write_json
 from editunlearn.methods import UnlearnContext, make_method
 from editunlearn.metrics import rouge1_recall
-from editunlearn.models import load_model
-from editunlearn.prompts import PromptFormatter, answer_ids
+from editunlearn.prompts import answer_ids
 
 
 
@@ -51,9 +50,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     config = repo_config()
-    spec = model_spec(config)
-    base, tokenizer = load_model(spec, "cpu")
-    formatter = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
+    spec, base, tokenizer, formatter = load_embedded(config)
     split = read_json(REPO / "resources/splits/factual/n40_s0.json")
     targets = {r["id"]: r["target"] for r in read_jsonl(REPO / "resources/targets/factual/n40_s0/idk.jsonl")}
     item = {**split["forget"][args.item]}

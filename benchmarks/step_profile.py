@@ -16,13 +16,11 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from _embedded import MODEL, REPO, model_spec, repo_config
+from _embedded import MODEL, REPO, load_embedded, repo_config
 
 from editunlearn.config import method_hparams
 from editunlearn.io import read_json
 from editunlearn.lora import attach_lora, lora_parameters
-from editunlearn.models import load_model
-from editunlearn.prompts import PromptFormatter
 from editunlearn.training import collate_qa, sequence_nll
 
 
@@ -33,10 +31,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = repo_config()
-    spec = model_spec(config)
     hparams = method_hparams(config, "gd", MODEL)
-    model, tokenizer = load_model(spec, "cpu")
-    formatter = PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
+    spec, model, tokenizer, formatter = load_embedded(config)
     split = read_json(REPO / "resources/splits/factual/n40_s0.json")
     size = hparams["batch_size"]
     forget = collate_qa(formatter, [(r["question"], r["answer"]) for r in split["forget"][:size]])
