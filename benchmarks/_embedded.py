@@ -1,10 +1,12 @@
-"""What the benchmarks share: the repository, its config.yaml, and the embedded model's spec as
-the pipeline builds it (run them with the project's .venv, where editunlearn is installed)."""
+"""What the benchmarks share: the repository, its config.yaml, and the embedded model's spec,
+weights and prompt formatter as a pipeline job loads them (run them with the project's .venv,
+where editunlearn is installed)."""
 from pathlib import Path
 
 import yaml
 
-from editunlearn.models import ModelSpec
+from editunlearn.models import ModelSpec, load_model
+from editunlearn.prompts import PromptFormatter
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m"
@@ -21,9 +23,6 @@ def model_spec(config: dict) -> ModelSpec:
 def load_embedded(config: dict, device: str = "cpu"):
     """(spec, model, tokenizer, formatter): the embedded model as a pipeline job loads it, with
     the prompt formatter evaluation uses."""
-    from editunlearn.models import load_model
-    from editunlearn.prompts import PromptFormatter
-
     spec = model_spec(config)
     model, tokenizer = load_model(spec, device)
     return spec, model, tokenizer, PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)

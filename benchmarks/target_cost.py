@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 from job_costs import REPO, last_run
 
