@@ -68,6 +68,35 @@ def forget_size_scale(job: dict) -> float:
     return 1.0
 
 
+def estimate(plans: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per target: measured and estimated CPU seconds, per-rule CPU seconds and the rules of the
+    jobs nothing could estimate. Each job carries its measured `cpu` (None: not run here yet);
+    every measured job of every plan feeds the estimates of the unmeasured ones."""
+    samples = defaultdict(list)
+    for jobs in plans.values():
+        for job in jobs:
+            if job["cpu"] is not None and "benchmark" in job:
+                for key in job_keys(job):
+                    samples[key].append(job["cpu"] / forget_size_scale(job))
+    out = {}
+    for target, jobs in plans.items():
+        cost = {"measured": 0.0, "estimated": 0.0, "unknown": [], "per_rule": defaultdict(float)}
+        for job in jobs:
+            if job["cpu"] is not None:
+                cost["measured"] += job["cpu"]
+                cost["per_rule"][job["rule"]] += job["cpu"]
+                continue
+            key = next((k for k in job_keys(job) if samples.get(k)), None)
+            if key is None:
+                cost["unknown"].append(job["rule"])
+                continue
+            guess = statistics.median(samples[key]) * forget_size_scale(job)
+            cost["estimated"] += guess
+            cost["per_rule"][job["rule"]] += guess
+        out[target] = cost
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="+")
@@ -77,42 +106,22 @@ def main():
     args = parser.parse_args()
 
     plans = {t: planned_jobs(t, args.configfile) for t in args.targets}
-    # Every measured job of every plan feeds the estimates of the unmeasured ones.
-    samples = defaultdict(list)
     for jobs in plans.values():
         for job in jobs:
             job["cpu"] = measured_cpu(job["benchmark"]) if "benchmark" in job else 0.0
-            if job["cpu"] is not None and "benchmark" in job:
-                for key in job_keys(job):
-                    samples[key].append(job["cpu"] / forget_size_scale(job))
-    breakdowns = {}
+    costs = estimate(plans)
     print(f"| target | jobs | measured CPU h | estimated CPU h | unknown jobs | total CPU h | wall h on {args.cores} cores (floor) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for target, jobs in plans.items():
-        measured = estimated = 0.0
-        unknown = []
-        per_rule = defaultdict(float)
-        for job in jobs:
-            if job["cpu"] is not None:
-                measured += job["cpu"]
-                per_rule[job["rule"]] += job["cpu"]
-                continue
-            key = next((k for k in job_keys(job) if samples.get(k)), None)
-            if key is None:
-                unknown.append(job["rule"])
-            else:
-                cost = statistics.median(samples[key]) * forget_size_scale(job)
-                estimated += cost
-                per_rule[job["rule"]] += cost
-        if args.by_rule:
-            breakdowns[target] = per_rule
-        total = measured + estimated
-        print(f"| {target} | {len(jobs)} | {measured / 3600:.2f} | {estimated / 3600:.2f} | "
+    for target, cost in costs.items():
+        unknown = cost["unknown"]
+        total = cost["measured"] + cost["estimated"]
+        print(f"| {target} | {len(plans[target])} | {cost['measured'] / 3600:.2f} | {cost['estimated'] / 3600:.2f} | "
               f"{len(unknown)}{' (' + ', '.join(sorted(set(unknown))) + ')' if unknown else ''} | "
               f"{total / 3600:.2f} | {total / 3600 / args.cores:.2f} |")
-    for target, per_rule in breakdowns.items():
-        print(f"\n{target}: " + ", ".join(f"{rule} {cpu / 3600:.2f} h" for rule, cpu in
-                                        sorted(per_rule.items(), key=lambda kv: -kv[1]) if cpu))
+    if args.by_rule:
+        for target, cost in costs.items():
+            print(f"\n{target}: " + ", ".join(f"{rule} {cpu / 3600:.2f} h" for rule, cpu in
+                                            sorted(cost["per_rule"].items(), key=lambda kv: -kv[1]) if cpu))
 
 
 if __name__ == "__main__":
