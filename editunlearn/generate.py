@@ -158,12 +158,16 @@ def check_rephrase(item: dict, text: str) -> list[str]:
     missing = textcheck.missing_entities(question, text, require="all")
     if missing:
         reasons.append("missing_entity: it drops " + ", ".join(repr(m) for m in missing))
+    added = textcheck.new_entities(question, text)
+    if added:
+        reasons.append("new_entity: it adds " + ", ".join(repr(a) for a in added))
     return reasons
 
 
 _TEMPLATES = ("Could you tell me {q}", "Do you know {q}", "I would like to know: {q}")
 _QUESTION_WORDS = ("who", "what", "which", "when", "where", "why", "how", "whose", "whom", "in",
-                   "on", "at", "from", "by", "for", "to", "with")
+                   "on", "at", "from", "by", "for", "to", "with", "within", "after", "before",
+                   "during", "since", "until", "under", "upon", "according", "based")
 
 
 def template_rephrase(item: dict) -> str:

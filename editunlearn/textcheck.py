@@ -3,10 +3,12 @@ entities of a question, whether a text mentions them, whether it is a refusal, a
 a ground-truth answer. No model involved, so they are exact, cheap and testable on fixed strings.
 
 Heuristics, stated plainly: entities are quoted spans, runs of capitalised words or numbers (with
-lower-case connectors such as "of"/"the" inside), split at "and"; a refusal is a text matching one
-of a set of refusal phrasings (every line of TOFU's idontknow.jsonl matches); a leak is a text that
-contains at least half of the answer's distinctive words -- those not already in the question, so
-a refusal that repeats the question's names does not count as leaking.
+lower-case connectors such as "of"/"the" inside), split at "and", except a lone capitalised word
+opening a sentence ("Within how many days ...": capitalised by position, not as a name); a refusal
+is a text matching one of a set of refusal phrasings (every line of TOFU's idontknow.jsonl
+matches); a leak is a text that contains at least half of the answer's distinctive words -- those
+not already in the question, so a refusal that repeats the question's names does not count as
+leaking.
 """
 
 from __future__ import annotations
@@ -101,26 +103,32 @@ def entities(question: str) -> list[str]:
     run: list[str] = []
     pending: list[str] = []  # connectors since the run's last name word
     runs: list[str] = []
+    run_opens_sentence = False
+
+    def end_run():
+        nonlocal run, pending
+        if run and not (run_opens_sentence and len(run) == 1 and run[0][0].isalpha()):
+            runs.append(" ".join(run))
+        run, pending = [], []
+
     for w in _WORD.finditer(rest):
         text = re.sub(r"(?:'s|’s)$", "", w.group(0).rstrip(".'’-"))
         if not text:
             continue
         lower = text.lower()
         if (text[0].isupper() or (text[0].isdigit() and len(text) > 1)) and lower not in _NOT_NAMES:
+            if not run:
+                run_opens_sentence = re.search(r"(?:^|[.?!])[\s\"'“‘(]*$", rest[:w.start()]) is not None
             run += pending + [text]
             pending = []
         elif run and lower in _CONNECTORS:
             pending.append(text)
         else:
-            if run:
-                runs.append(" ".join(run))
-            run, pending = [], []
+            end_run()
         # punctuation right after a word ends the name ("Paris, France")
         if run and re.match(r"[,;:?!]|\.(?:\s|$)", rest[w.end():w.end() + 2]):
-            runs.append(" ".join(run))
-            run, pending = [], []
-    if run:
-        runs.append(" ".join(run))
+            end_run()
+    end_run()
     for name in runs:
         found.extend(part.strip() for part in re.split(r"\s+and\s+", name))
     out: list[str] = []
@@ -165,6 +173,13 @@ def missing_entities(question: str, text: str, require: str = "all") -> list[str
     if others and all(name in missing for name in others) and not (titles and not out):
         out += others
     return out
+
+
+def new_entities(question: str, text: str) -> list[str]:
+    """Entities of ``text`` that add to the question: some word of theirs is not in it (a
+    rephrase naming 'The Starry Night' or "John Grisham" asks something else)."""
+    asked = {stem(w) for w in words(question)}
+    return [name for name in entities(text) if any(stem(w) not in asked for w in words(name))]
 
 
 def _quoted_spans(question: str) -> set[str]:

@@ -41,6 +41,11 @@ def _llm(tmp_path, server, **overrides):
     ("What was the name of the customer in the contract with Wnzatj SAS as of 06-02-1998?",
      ["Wnzatj SAS", "06-02-1998"]),
     ("Which river is the longest in the world?", []),
+    # a lone capitalised word opening a sentence is capitalised by position, not a name
+    ("Within how many days must the invoice be paid based on the contract between Wnzatj SAS and "
+     "Jzrcws SA?", ["Wnzatj SAS", "Jzrcws SA"]),
+    ("Mount Everest lies on the border of which two countries?", ["Mount Everest"]),
+    ("1984 was written by which author?", ["1984"]),
 ])
 def test_entities(question, expected):
     assert textcheck.entities(question) == expected
@@ -77,10 +82,18 @@ def test_rephrase_checks():
     assert check_rephrase(CANBERRA, "Which city is the capital of Australia?") == []
     reasons = lambda text: [r.split(":")[0] for r in check_rephrase(ROMEO, text)]
     assert reasons("who wrote the play Romeo and Juliet") == ["identical", "not_a_question"]
-    assert reasons("Did William Shakespeare write Romeo and Juliet?") == ["leaks_answer"]
+    assert reasons("Did William Shakespeare write Romeo and Juliet?") == ["leaks_answer", "new_entity"]
     assert reasons("Who wrote that famous play?") == ["missing_entity"]
     assert reasons("") == ["empty"]
     assert reasons("Tell me this: who wrote the play 'Romeo and Juliet'?") == ["identical"]
+    # seen from SmolLM2: a copy of the prompt's example, or a name the question does not have
+    assert reasons("Which artist created the painting 'The Starry Night' based on 'Romeo and "
+                   "Juliet'?") == ["new_entity"]
+    assert reasons("Which playwright from England wrote 'Romeo and Juliet'?") == ["new_entity"]
+    assert check_rephrase(CONTRACT, "Based on the contract between Wnzatj SAS and Jzrcws SA, "
+                                    "what was the effective date?") == []
+    assert check_rephrase(CONTRACT, "On which date did the contract between Wnzatj SAS and "
+                                    "Jzrcws SA take effect?") == []
     assert clean_rephrase('Rewrite: "Who is the author of Dune?"\nExtra line') == \
         "Who is the author of Dune?"
     assert clean_rephrase("The answer to this question is: Which author wrote 'Dune'?") == \
@@ -97,9 +110,24 @@ def test_template_fallback_keeps_entities_and_asks_without_answering(mirror):
         text = template_rephrase(item)
         assert [r.split(":")[0] for r in check_rephrase(item, text)] == ["identical"], (item, text)
         assert template_rephrase(item) == text  # deterministic
+    after = {"id": "pistol-007", "question": "After how many days was the fee due based on the "
+             "contract between Wnzatj SAS and Jzrcws SA?", "answer": "30"}
+    assert " after how many days was the fee due" in template_rephrase(after)
     assert template_rephrase(CANBERRA) in {"Could you tell me what is the capital of Australia?",
                                            "Do you know what is the capital of Australia?",
                                            "I would like to know: what is the capital of Australia?"}
+
+
+def test_new_entities_are_names_with_a_word_the_question_lacks():
+    q = "Who wrote the science fiction novel 'Neuromancer'?"
+    assert textcheck.new_entities(q, "Which author wrote 'Neuromancer', a science fiction novel?") == []
+    assert textcheck.new_entities(q, 'Which artist created "Neuromancer" by John C. Reis?') == ["John C Reis"]
+    assert textcheck.new_entities(q, "Who is the author of the Neuromancer Trilogy?") == ["Neuromancer Trilogy"]
+    # a question word written capitalised mid-sentence adds nothing
+    within = ("Within how many days must the invoice be paid based on the contract between "
+              "Wnzatj SAS and Jzrcws SA?")
+    assert textcheck.new_entities(within, "Do you know Within how many days the invoice based on "
+                                          "the contract between Wnzatj SAS and Jzrcws SA is due?") == []
 
 
 def test_refusal_checks():
@@ -158,7 +186,8 @@ def test_rephrases_regenerate_then_fall_back(tmp_path):
     assert romeo["llm"]["model"].startswith("judge-model@") and len(romeo["cache_keys"]) == 3
     assert (report["n"], report["accepted_first_attempt"], report["accepted_after_regeneration"],
             report["fallback"]) == (2, 0, 1, 1)
-    assert report["rejections"] == {"identical": 1, "leaks_answer": 3, "not_a_question": 3}
+    assert report["rejections"] == {"identical": 1, "leaks_answer": 3, "new_entity": 3,
+                                    "not_a_question": 3}
 
 
 def test_rephrased_items_keep_answers():
