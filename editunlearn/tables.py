@@ -42,6 +42,7 @@ DATASET_TITLES = {"factual": "Factual dataset (pretrained knowledge)",
                   "pistol": "PISTOL (finetuned knowledge)"}
 MISSING = "–"
 NON_FUNCTIONAL, NO_FORGETTING = "†", "‡"
+NON_FUNCTIONAL_ROUGE1 = 0.05  # metrics.is_non_functional's threshold
 FOOTNOTE_MARKS = (f"{NON_FUNCTIONAL} non-functional (Rouge1 below 0.05 on both forget and retain); "
                   f"{NO_FORGETTING} forgot nothing (forget Rouge1 not below the starting model's). "
                   f"Such rows (grey in LaTeX and HTML) are left out of the marking.")
@@ -370,10 +371,27 @@ def footnotes(layout: Layout, rows: list[Row], desc: dict) -> list[str]:
     if layout.delta_vs:
         notes.append(f"In brackets: change vs the plain {layout.delta_vs} set (positive: the "
                      f"rephrased questions recover more of the answer).")
+    notes += _nothing_to_lose(layout, rows)
     missing = sorted({c.group for c in layout.columns for r in rows if r.values.get(c.key) is None})
     if missing:
         notes.append(f"{MISSING}: not available ({', '.join(missing)}): "
                      + "; ".join(_missing_reason(g, rows) for g in missing) + ".")
+    return notes
+
+
+def _nothing_to_lose(layout: Layout, rows: list[Row]) -> list[str]:
+    """A kept-knowledge column (retain, locality) where the starting model already scores below the
+    non-functional threshold cannot show harm: on the embedded model the PISTOL fine-tune leaves
+    factual Rouge1 at 0.01, so Table 4's locality column would rank noise."""
+    notes = []
+    for col in layout.columns:
+        if col.better != HIGHER or not col.key.endswith("_rouge1_recall"):
+            continue
+        start = [r.values[col.key] for r in rows if r.reference and r.values.get(col.key) is not None]
+        if start and max(start) < NON_FUNCTIONAL_ROUGE1:
+            notes.append(f"{col.group} {col.label}: the starting model already scores "
+                         f"{_fmt(max(start))}, so there is nothing left for unlearning to harm and "
+                         f"this column does not tell the methods apart.")
     return notes
 
 

@@ -192,6 +192,26 @@ def test_no_forgetting_and_missing_splits(tmp_path, config):
     assert "rephrase split was not evaluated" in out["md"].read_text()
 
 
+def test_a_kept_knowledge_column_the_starting_model_already_fails_is_flagged(tmp_path, config):
+    # as on the embedded model: the PISTOL fine-tune leaves factual (locality) Rouge1 at ~0.01
+    cfg = _grid_config(config, "table4", grid({"pistol": [20]}, ["gd", "wise"]))
+    flat = {m: 0.5 for m in METRICS}
+    for method, locality in (("base", 0.013), ("gd", 0.006), ("wise", 0.013)):
+        _write_summary(tmp_path, "smollm2-135m", "pistol", method, "n20_s0",
+                       {"forget": flat, "retain": flat, "locality": {"rouge1_recall": locality}})
+    out = {k: tmp_path / f"t.{k}" for k in ("csv", "md", "tex", "html")}
+    make_table("table4", E.describe(cfg, "table4"), out, root=str(tmp_path))
+    note = ("Factual data (locality) Rouge1: the starting model already scores 0.013, so there is "
+            "nothing left for unlearning to harm")
+    assert note in out["md"].read_text() and note in out["html"].read_text()
+    assert out["md"].read_text().count("nothing left for unlearning to harm") == 1  # not retain's
+    # a starting model that knows the locality set: no such note
+    _write_summary(tmp_path, "smollm2-135m", "pistol", "base", "n20_s0",
+                   {"forget": flat, "retain": flat, "locality": {"rouge1_recall": 0.4}})
+    make_table("table4", E.describe(cfg, "table4"), out, root=str(tmp_path))
+    assert "nothing left for unlearning to harm" not in out["md"].read_text()
+
+
 def test_seeds_are_averaged(tmp_path, config):
     cfg = _grid_config(config, "table3", grid({"factual": [4]}, ["gd"]), seeds=(0, 1))
     for seed, value in ((0, 0.2), (1, 0.4)):
