@@ -5,8 +5,10 @@ from pathlib import Path
 
 import yaml
 
+from editunlearn.io import read_json
 from editunlearn.models import ModelSpec, load_model
 from editunlearn.prompts import PromptFormatter
+from editunlearn.training import collate_qa, sequence_nll
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m"
@@ -26,3 +28,18 @@ def load_embedded(config: dict, device: str = "cpu"):
     spec = model_spec(config)
     model, tokenizer = load_model(spec, device)
     return spec, model, tokenizer, PromptFormatter(tokenizer, spec.chat_template, spec.system_prompt)
+
+
+def gd_batches(formatter, size: int):
+    """(forget, retain): the first `size` forget and retain QA of factual n40_s0, collated as GD
+    trains on them (needs resources/splits/factual/n40_s0.json)."""
+    split = read_json(REPO / "resources/splits/factual/n40_s0.json")
+    return tuple(collate_qa(formatter, [(r["question"], r["answer"]) for r in split[part][:size]])
+                 for part in ("forget", "retain"))
+
+
+def gd_step(model, forget, retain, params) -> None:
+    """One GD step's forward and backward (no optimiser update: the timing is the model's)."""
+    (-sequence_nll(model, forget).mean() + sequence_nll(model, retain).mean()).backward()
+    for p in params:
+        p.grad = None

@@ -16,12 +16,10 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from _embedded import MODEL, REPO, load_embedded, repo_config
+from _embedded import MODEL, gd_batches, gd_step, load_embedded, repo_config
 
 from editunlearn.config import method_hparams
-from editunlearn.io import read_json
 from editunlearn.lora import attach_lora, lora_parameters
-from editunlearn.training import collate_qa, sequence_nll
 
 
 def main():
@@ -33,20 +31,15 @@ def main():
     config = repo_config()
     hparams = method_hparams(config, "gd", MODEL)
     spec, model, tokenizer, formatter = load_embedded(config)
-    split = read_json(REPO / "resources/splits/factual/n40_s0.json")
     size = hparams["batch_size"]
-    forget = collate_qa(formatter, [(r["question"], r["answer"]) for r in split["forget"][:size]])
-    retain = collate_qa(formatter, [(r["question"], r["answer"]) for r in split["retain"][:size]])
+    forget, retain = gd_batches(formatter, size)
     lora = hparams["lora"]
     attach_lora(model, lora["r"], lora["alpha"], lora.get("target_modules"))
     params = lora_parameters(model)
     model.train()
 
     def step():
-        loss = -sequence_nll(model, forget).mean() + sequence_nll(model, retain).mean()
-        loss.backward()
-        for p in params:
-            p.grad = None
+        gd_step(model, forget, retain, params)
 
     step()  # warm-up
     start = time.perf_counter()

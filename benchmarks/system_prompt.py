@@ -17,28 +17,22 @@ import time
 
 import torch
 
-from _embedded import REPO, load_embedded, repo_config
+from _embedded import REPO, gd_batches, gd_step, load_embedded, repo_config
 
 from editunlearn.config import method_hparams
 from editunlearn.data import load_qa
 from editunlearn.evaluate import evaluate_items
-from editunlearn.io import read_json
 from editunlearn.lora import attach_lora, detach_lora, lora_parameters
 from editunlearn.prompts import PromptFormatter
-from editunlearn.training import collate_qa, sequence_nll
 
 
-def step_seconds(model, formatter, split, hparams, steps: int) -> float:
-    size = hparams["batch_size"]
-    forget = collate_qa(formatter, [(r["question"], r["answer"]) for r in split["forget"][:size]])
-    retain = collate_qa(formatter, [(r["question"], r["answer"]) for r in split["retain"][:size]])
+def step_seconds(model, formatter, hparams, steps: int) -> float:
+    forget, retain = gd_batches(formatter, hparams["batch_size"])
     params = lora_parameters(model)
     times = []
     for _ in range(steps + 1):  # the first is a warm-up
         start = time.perf_counter()
-        (-sequence_nll(model, forget).mean() + sequence_nll(model, retain).mean()).backward()
-        for p in params:
-            p.grad = None
+        gd_step(model, forget, retain, params)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
@@ -53,7 +47,6 @@ def main():
     config = repo_config()
     spec, model, tokenizer, _ = load_embedded(config)
     items = load_qa("factual", REPO / "resources/data")[: args.limit]
-    split = read_json(REPO / "resources/splits/factual/n40_s0.json")
     hparams = method_hparams(config, "gd", spec.name)
     for label, system_prompt in (("template default", None), ("empty", "")):
         formatter = PromptFormatter(tokenizer, spec.chat_template, system_prompt)
@@ -66,7 +59,7 @@ def main():
         lora = hparams["lora"]
         attach_lora(model, lora["r"], lora["alpha"], lora.get("target_modules"))
         model.train()
-        step_s = step_seconds(model, formatter, split, hparams, args.steps)
+        step_s = step_seconds(model, formatter, hparams, args.steps)
         detach_lora(model, merge=False)
         print(json.dumps({
             "system_message": label, "questions": len(items), "threads": args.threads,
