@@ -43,7 +43,8 @@ DATASET_TITLES = {"factual": "Factual dataset (pretrained knowledge)",
 MISSING = "–"
 NON_FUNCTIONAL, NO_FORGETTING = "†", "‡"
 NON_FUNCTIONAL_ROUGE1 = 0.05  # metrics.is_non_functional's threshold
-FOOTNOTE_MARKS = (f"{NON_FUNCTIONAL} non-functional (Rouge1 below 0.05 on both forget and retain); "
+FOOTNOTE_MARKS = (f"{NON_FUNCTIONAL} non-functional (Rouge1 below {NON_FUNCTIONAL_ROUGE1} on both "
+                  f"forget and retain); "
                   f"{NO_FORGETTING} forgot nothing (forget Rouge1 not below the starting model's). "
                   f"Such rows (grey in LaTeX and HTML) are left out of the marking.")
 
