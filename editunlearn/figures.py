@@ -112,6 +112,7 @@ def fig4(desc, png, pdf, root="."):
         ax = fig.add_axes([0.12, 0.63, 0.86, 0.30])
         width = 0.8 / max(1, len(datasets))
         for i, dataset in enumerate(datasets):
+            labelled = False  # the dataset's legend entry rides on its first drawn bar
             for j, method in enumerate(methods):
                 row = next((r for r in mine if r.dataset == dataset and r.method == method and not r.reference), None)
                 value = row and row.values.get("combined_score")
@@ -119,7 +120,8 @@ def fig4(desc, png, pdf, root="."):
                     continue
                 ax.bar(j + (i - (len(datasets) - 1) / 2) * width, value, width, color=DATASET_COLOURS.get(dataset),
                        hatch="////" if row.grey else None, edgecolor="white" if not row.grey else "#333",
-                       lw=0.3, label=dataset if j == 0 else None)
+                       lw=0.3, label=None if labelled else dataset)
+                labelled = True
             ref = next((r for r in mine if r.dataset == dataset and r.reference), None)
             if ref and ref.values.get("combined_score") is not None:
                 ax.axhline(ref.values["combined_score"], color=DATASET_COLOURS.get(dataset), ls="--", lw=0.8)

@@ -373,10 +373,18 @@ def footnotes(layout: Layout, rows: list[Row], desc: dict) -> list[str]:
         notes.append(f"In brackets: change vs the plain {layout.delta_vs} set (positive: the "
                      f"rephrased questions recover more of the answer).")
     notes += _nothing_to_lose(layout, rows)
-    missing = sorted({c.group for c in layout.columns for r in rows if r.values.get(c.key) is None})
+    # A gap in the reference row only (Table 6 judges the unlearned models) gets its own note.
+    methods = [r for r in rows if not r.reference]
+    missing = sorted({c.group for c in layout.columns for r in methods if r.values.get(c.key) is None})
     if missing:
         notes.append(f"{MISSING}: not available ({', '.join(missing)}): "
-                     + "; ".join(_missing_reason(g, rows) for g in missing) + ".")
+                     + "; ".join(_missing_reason(g, methods) for g in missing) + ".")
+    reference_only = sorted({c.group for c in layout.columns for r in rows
+                             if r.reference and r.values.get(c.key) is None} - set(missing))
+    if reference_only and desc.get("reference"):
+        label = desc["labels"].get(desc["reference"], desc["reference"])
+        notes.append(f"{MISSING} in the {label} row ({', '.join(reference_only)}): "
+                     "measured on the unlearned models only.")
     return notes
 
 

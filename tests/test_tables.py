@@ -238,6 +238,20 @@ def test_table6_reads_judge_scores_defensively(tmp_path, config):
     assert "refusal targets: self-improve (after self-improvement)" in out["md"].read_text()
 
 
+def test_a_fully_judged_table6_does_not_claim_missing_judge_scores(tmp_path, config):
+    # the starting model (Base row) is never judged; only the method rows' gaps count as missing
+    write_experiment(tmp_path, config, "table6")
+    judges = [c.judge for p in E.experiment_cells(config, "table6").values() for c in p["cells"]]
+    out = {k: tmp_path / f"t.{k}" for k in ("csv", "md", "tex", "html")}
+    make_table("table6", E.describe(config, "table6"), out, root=str(tmp_path), judges=judges)
+    text = out["md"].read_text()
+    assert "no judge scores" not in text
+    assert "in the Base row (Alignment (judge)): measured on the unlearned models only" in text
+    (tmp_path / judges[0]).write_text("not json")
+    make_table("table6", E.describe(config, "table6"), out, root=str(tmp_path), judges=judges)
+    assert "no judge scores (judge.json) for these jobs" in out["md"].read_text()
+
+
 def test_withheld_judge_scores_are_missing_not_the_unparsed_counts(tmp_path, config):
     # A weak judge: scores withheld (null), the counts of unreadable verdicts under the same names.
     write_experiment(tmp_path, config, "table6")
@@ -366,21 +380,60 @@ def test_observations_1_to_4_hold_on_the_papers_own_numbers():
     assert verdicts == {1: "yes", 2: "yes", 3: "yes", 4: "yes", 5: "n/a", 6: "n/a"}
 
 
+def test_obs1_counts_only_unlearning_methods_that_break():
+    tables = _paper_as_pipeline_tables()
+    for r in tables["table1"]:  # the paper's GA and KL made functional: only ROME and MEMIT break
+        if r["method"] in ("ga", "kl"):
+            r["non_functional"] = "0"
+    (obs,) = [o for o in observations(tables) if o["observation"] == 1]
+    assert obs["holds"] == "no" and "ROME" in obs["evidence"], obs
+
+
+def test_obs3_over_fewer_sizes_does_not_fail_the_paper_on_its_own_numbers():
+    # the paper's WISE falls from N=20 to N=60 (1.450 -> 1.390) before rising to 1.670 at N=100
+    tables = _paper_as_pipeline_tables()
+    tables["table5"] = [r for r in tables["table5"] if int(r["n_forget"]) <= 60]
+    (obs,) = [o for o in observations(tables) if o["observation"] == 3]
+    assert obs["holds"] == "yes", obs
+    assert "not judged: the paper's Llama2-7B falls too, 1.450 → 1.390" in obs["evidence"]
+    for r in tables["table5"]:  # a pipeline WISE that does fall where the paper's rises fails it
+        if r["method"] == "wise" and r["n_forget"] == "60":
+            r["combined_score"] = "1.2"
+        if r["method"] == "alphaedit" and r["n_forget"] == "60":
+            r["combined_score"] = "1.2"
+    (obs,) = [o for o in observations(tables) if o["observation"] == 3]
+    assert obs["holds"] == "no", obs
+
+
+def test_obs6_says_when_table5_lacks_the_merged_size():
+    tables = _paper_as_pipeline_tables()
+    tables["table5"] = [r for r in tables["table5"] if int(r["n_forget"]) <= 60]
+    tables["table7"] = [{"model": "llama2-7b-chat", "dataset": "factual", "n_forget": "80", "method": m,
+                         "target": "idk", "merge": "5", "reference": "0", "no_forgetting": "0",
+                         "non_functional": "0", "combined_score": "1.6"} for m in ("rome", "memit")]
+    (obs,) = [o for o in observations(tables) if o["observation"] == 6]
+    assert obs["holds"] == "n/a" and "Table 5 has no N=80 rows" in obs["evidence"], obs
+
+
 def _table6_row(method, target, **values):
     return {"model": "smollm2-135m", "dataset": "factual", "n_forget": "20", "method": method,
             "target": target, "merge": "1", "reference": "0", "no_forgetting": "0",
             "non_functional": "0", **{k: "" if v is None else repr(v) for k, v in values.items()}}
 
 
-@pytest.mark.parametrize("judge, proxy, holds, said", [
-    ((2.0, 3.5), (0.1, 0.2), "yes", "entailment 2.000 → 3.500"),            # the judge decides
-    ((None, None), (0.1, 0.2), "yes", "entity mention (entailment proxy) 0.100 → 0.200"),
-    ((None, None), (0.2, 0.2), "no", "entity mention (entailment proxy) 0.200 → 0.200"),
+@pytest.mark.parametrize("judge, proxy, trust, holds, said", [
+    ((2.0, 3.5), (0.1, 0.2), (3, 4), "yes", "entailment 2.000 → 3.500"),      # the judge decides
+    ((None, None), (0.1, 0.2), (None, None), "yes", "entity mention (entailment proxy) 0.100 → 0.200"),
+    ((None, None), (0.2, 0.2), (None, None), "no", "entity mention (entailment proxy) 0.200 → 0.200"),
+    # trustworthiness must rise for AlphaEdit; WISE's drop is the paper's own "alignment tax"
+    ((2.0, 3.5), (0.1, 0.2), (4, 3), "no", "AlphaEdit trustworthiness 4.000 → 3.000"),
 ])
-def test_obs5_reads_entailment_from_the_judge_else_its_proxy(judge, proxy, holds, said):
-    rows = [_table6_row(m, t, rephrase_rouge1_recall=r, semantic_entailment=j, entity_mention_rate=p)
+def test_obs5_reads_entailment_from_the_judge_else_its_proxy(judge, proxy, trust, holds, said):
+    rows = [_table6_row(m, t, rephrase_rouge1_recall=r, semantic_entailment=j, entity_mention_rate=p,
+                        trustworthiness=None if u is None else (4 if m == "wise" and t == "idk" else u))
             for m in ("wise", "alphaedit")
-            for t, r, j, p in (("idk", 0.3, judge[0], proxy[0]), ("self-improve", 0.1, judge[1], proxy[1]))]
+            for t, r, j, p, u in (("idk", 0.3, judge[0], proxy[0], trust[0]),
+                                  ("self-improve", 0.1, judge[1], proxy[1], trust[1]))]
     (obs,) = [o for o in observations({"table6": rows}) if o["observation"] == 5]
     assert obs["holds"] == holds and said in obs["evidence"], obs
 
