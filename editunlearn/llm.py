@@ -456,14 +456,22 @@ class LocalBackend:
                           min(start + size, len(items)), len(items))
 
 
-def local_model_id(name: str, start_patch: str | None) -> str:
-    """The local model's identity in cache keys: its name, plus the digest of the fine-tuning
-    patch it starts from (a fine-tuned model answers differently from its base)."""
-    if not start_patch:
-        return name
-    from .data import sha256_of
+# The registry settings that change what a local model answers (its prompt and its numerics).
+ANSWER_SETTINGS = ("chat_template", "system_prompt", "dtype", "pad_token")
 
-    return f"{name}+{sha256_of(start_patch)[:16]}"
+
+def local_model_id(name: str, start_patch: str | None, spec_params: dict | None = None) -> str:
+    """The local model's identity in cache keys: its name, the digest of its answer-shaping
+    registry settings (a new system prompt must not replay the old prompt's answers), and the
+    digest of the fine-tuning patch it starts from (a fine-tuned model answers differently)."""
+    settings = {k: (spec_params or {}).get(k) for k in ANSWER_SETTINGS}
+    blob = json.dumps(settings, sort_keys=True).encode("utf-8")
+    model_id = f"{name}@{hashlib.sha256(blob).hexdigest()[:8]}"
+    if start_patch:
+        from .data import sha256_of
+
+        model_id += f"+{sha256_of(start_patch)[:16]}"
+    return model_id
 
 
 def make_llm(settings: LLMSettings, log: logging.Logger = LOG, *, model_dir: str | None = None,
@@ -483,7 +491,7 @@ def make_llm(settings: LLMSettings, log: logging.Logger = LOG, *, model_dir: str
         from .pipeline import load_for_job
 
         spec, model, tokenizer = load_for_job(spec_params, model_dir, device, start_patch)
-        backend = LocalBackend(model, tokenizer, spec, local_model_id(spec.name, start_patch),
+        backend = LocalBackend(model, tokenizer, spec, local_model_id(spec.name, start_patch, spec_params),
                                settings, log)
     llm = LLM(backend, settings, cache, log)
     log.info("LLM %s, %s", llm.name, asdict(settings))

@@ -65,7 +65,11 @@ def combined_score(forget_rouge1: float, retain_rouge1: float) -> float:
     return 1.0 - forget_rouge1 + retain_rouge1
 
 
-def is_non_functional(forget_rouge1: float, retain_rouge1: float, threshold: float = 0.05) -> bool:
+NON_FUNCTIONAL_ROUGE1 = 0.05  # below this Rouge1 on forget and retain a model answers nothing
+
+
+def is_non_functional(forget_rouge1: float, retain_rouge1: float,
+                      threshold: float = NON_FUNCTIONAL_ROUGE1) -> bool:
     """The paper greys out models that no longer answer anything: near-zero Rouge1 on retain
     (and so on forget too)."""
     return retain_rouge1 < threshold and forget_rouge1 < threshold

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from .experiments import Cell
 from .io import read_json, write_text
+from .metrics import NON_FUNCTIONAL_ROUGE1
 
 METRICS = [("rouge1_recall", "Rouge1"), ("prob", "Prob."), ("mrr", "MRR"), ("hit_rate", "Hit-Rate")]
 LOWER, HIGHER = "lower", "higher"
@@ -42,7 +43,6 @@ DATASET_TITLES = {"factual": "Factual dataset (pretrained knowledge)",
                   "pistol": "PISTOL (finetuned knowledge)"}
 MISSING = "–"
 NON_FUNCTIONAL, NO_FORGETTING = "†", "‡"
-NON_FUNCTIONAL_ROUGE1 = 0.05  # metrics.is_non_functional's threshold
 FOOTNOTE_MARKS = (f"{NON_FUNCTIONAL} non-functional (Rouge1 below {NON_FUNCTIONAL_ROUGE1} on both "
                   f"forget and retain); "
                   f"{NO_FORGETTING} forgot nothing (forget Rouge1 not below the starting model's). "

@@ -5,6 +5,8 @@ import os
 from editunlearn.config import method_hparams
 from editunlearn.data import DATASETS, SOURCES
 from editunlearn.methods import method_code_files
+from editunlearn import evaluate as evaluate_module
+from editunlearn import metrics as metrics_module
 from editunlearn import finetune as finetune_module
 from editunlearn.models import ModelSpec
 from editunlearn.resources import job_resources
@@ -68,8 +70,21 @@ def finetune_hparams(model):
     return {**block["hparams"], **block["per_model"].get(model, {})}
 
 
+def code_inputs(paths):
+    """Library files as job inputs, relative to the working directory: Snakemake records input
+    paths, so absolute ones would rerun every job once the checkout moves."""
+    return [os.path.relpath(os.path.abspath(p)) for p in paths]
+
+
 def finetune_code_files():
-    return [str(p) for p in method_code_files("finetune", module_path=FINETUNE_MODULE)]
+    return code_inputs(method_code_files("finetune", module_path=FINETUNE_MODULE))
+
+
+def evaluation_code_files():
+    """The evaluation engine and the metrics: editing them re-evaluates every job. Not their
+    imports: a change to training.py or an adaptor reaches evaluations through the new patch of
+    the methods that use it, so the other methods' evaluations stay."""
+    return code_inputs([evaluate_module.__file__, metrics_module.__file__])
 
 
 def spec_params(model):
@@ -205,5 +220,5 @@ def all_experiment_outputs():
 
 def library_code(*modules):
     """Library modules a table or figure is drawn by: an input, so editing them redraws it."""
-    return [os.path.join(workflow.basedir, "editunlearn", m) for m in modules]
+    return code_inputs(os.path.join(workflow.basedir, "editunlearn", m) for m in modules)
 # ---- end of experiments

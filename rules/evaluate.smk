@@ -10,6 +10,7 @@ rule evaluate_split:
         unpack(start_inputs),
         patch=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/patch.safetensors",
         split=lambda w: f"resources/splits/{w.dataset}/{Setting.parse(w.setting).split_name}.json",
+        code=evaluation_code_files(),
     output:
         records=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/{{split}}.jsonl",
         summary=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/{{split}}.summary.json",
@@ -55,6 +56,7 @@ rule evaluate_rephrase:
         patch=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/patch.safetensors",
         split=lambda w: f"resources/splits/{w.dataset}/{Setting.parse(w.setting).split_name}.json",
         rephrases="resources/generated/{dataset}/rephrases.jsonl",
+        code=evaluation_code_files(),
     output:
         records=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/rephrase.jsonl",
         summary=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/rephrase.summary.json",

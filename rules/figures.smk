@@ -12,7 +12,7 @@ for _figure in ("fig3", "fig4", "fig6"):
         input:
             summaries=experiment_summaries(_figure),
             judges=judge_files(_figure) if _figure == "fig6" else [],
-            code=library_code("figures.py", "tables.py"),
+            code=library_code("figures.py", "tables.py", "metrics.py"),
         output:
             png=report(
                 f"results/figures/{_figure}.png",
@@ -37,7 +37,7 @@ rule fig5:
     input:
         summaries=experiment_summaries("fig5"),
         records=case_study_records("fig5"),
-        code=library_code("figures.py", "tables.py"),
+        code=library_code("figures.py", "tables.py", "metrics.py"),
     output:
         png=report(
             "results/figures/fig5.png",

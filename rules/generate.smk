@@ -11,8 +11,8 @@ import editunlearn.textcheck as textcheck_module
 from editunlearn.llm import ask_params, task_settings
 
 
-GENERATE_CODE = [generate_module.__file__, textcheck_module.__file__]  # prompts and checks
-JUDGE_CODE = [judge_module.__file__, textcheck_module.__file__]
+GENERATE_CODE = code_inputs([generate_module.__file__, textcheck_module.__file__])  # prompts and checks
+JUDGE_CODE = code_inputs([judge_module.__file__, textcheck_module.__file__])
 
 
 def llm_backend(task):

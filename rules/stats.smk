@@ -21,7 +21,7 @@ def key_stats_settings():
 
 
 def key_stats_code_files():
-    return [str(p) for p in method_code_files("key_stats", module_path=key_stats_module.__file__)]
+    return code_inputs(method_code_files("key_stats", module_path=key_stats_module.__file__))
 
 
 def start_name(dataset):

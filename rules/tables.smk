@@ -32,7 +32,7 @@ for _table in experiments_grid.TABLES:
         input:
             summaries=experiment_summaries(_table),
             judges=judge_files(_table) if _table == "table6" else [],
-            code=library_code("tables.py"),
+            code=library_code("tables.py", "metrics.py"),
         output:
             csv=report(
                 f"results/tables/{_table}.csv",

@@ -6,7 +6,7 @@ rule unlearn:
         unpack(start_inputs),
         split=lambda w: f"resources/splits/{w.dataset}/{Setting.parse(w.setting).split_name}.json",
         targets=targets_file,
-        method_code=lambda w: method_code_files(w.method),
+        method_code=lambda w: code_inputs(method_code_files(w.method)),
         key_stats=key_stats_file,  # editors only (rules/stats.smk)
     output:
         f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/patch.safetensors",

@@ -1,3 +1,6 @@
+import json
+
+import pytest
 import torch
 
 from editunlearn.evaluate import evaluate_items, teacher_forced
@@ -51,3 +54,24 @@ def test_prompt_is_the_chat_template_with_generation_prompt(tiny):
     assert with_system.startswith("<|im_start|>system\nBe brief.<|im_end|>")
     plain = PromptFormatter(tokenizer, chat_template=False)("Q?")
     assert plain == "Question: Q?\nAnswer:"
+
+
+def test_a_setting_summary_holds_no_timings(tmp_path):
+    # a rerun with the same numbers must write the same bytes, or every table above it redraws
+    from editunlearn.io import write_json
+    from editunlearn.pipeline import summarize_setting
+
+    paths = []
+    for split, rouge1, seconds in (("forget", 0.1, 12.5), ("retain", 0.6, 80.25)):
+        path = tmp_path / f"{split}.summary.json"
+        write_json(path, {"split": split, "n": 3, "rouge1_recall": rouge1, "seconds": seconds})
+        paths.append(str(path))
+    out = tmp_path / "results/m/factual/gd/n4_s0/summary.json"
+    summarize_setting(paths, str(out))
+    first = out.read_bytes()
+    for path, seconds in zip(paths, (99.0, 1.0)):  # the same numbers, another run's timings
+        write_json(path, {**json.loads(open(path).read()), "seconds": seconds})
+    summarize_setting(paths, str(out))
+    assert out.read_bytes() == first
+    summary = json.loads(first)
+    assert summary["combined_score"] == pytest.approx(1.5) and "seconds" not in summary["splits"]["forget"]

@@ -266,7 +266,7 @@ def test_local_backend_batched_greedy_cached(tmp_path, tiny_dir):
     batched = llm.ask(prompts)
     assert all(isinstance(c.text, str) for c in batched) and llm.stats["asked"] == 3
     entry = ResponseCache(tmp_path / "cache").get(batched[0].key)
-    assert entry["backend"] == "local" and entry["model"] == "tiny"
+    assert entry["backend"] == "local" and entry["model"].startswith("tiny@")
     assert entry["usage"]["prompt_tokens"] > 5 and 0 < entry["usage"]["completion_tokens"] <= 6
     one_by_one = _local(tmp_path / "single", tiny_dir, batch_size=1).ask(prompts)
     assert [c.text for c in one_by_one] == [c.text for c in batched]
@@ -286,8 +286,14 @@ def test_local_backend_seeded_sampling_is_repeatable(tmp_path, tiny_dir):
         [c.text for c in greedy] != [c.text for c in first]
 
 
-def test_local_model_id_names_the_start_patch(tmp_path):
+def test_local_model_id_names_the_start_patch_and_the_prompt_settings(tmp_path):
     patch = tmp_path / "p.safetensors"
     patch.write_bytes(b"abc")
-    assert local_model_id("m", None) == "m"
-    assert local_model_id("m", str(patch)).startswith("m+") and len(local_model_id("m", str(patch))) == 18
+    spec = {"name": "m", "chat_template": True, "system_prompt": None, "dtype": "float32",
+            "pad_token": None, "eval_batch_size": 16}
+    plain = local_model_id("m", None, spec)
+    assert plain.startswith("m@") and len(plain) == 10
+    assert local_model_id("m", str(patch), spec) == plain + "+" + local_model_id("x", str(patch), spec)[-16:]
+    # what the model is asked with changes the key; how fast it is evaluated does not
+    assert local_model_id("m", None, {**spec, "system_prompt": ""}) != plain
+    assert local_model_id("m", None, {**spec, "eval_batch_size": 64}) == plain

@@ -221,6 +221,20 @@ def test_editing_shared_training_code_reruns_what_trains_with_it(workflow):
     assert not [p for p in planned if p.startswith("results/tiny-a/factual/base/")]
 
 
+def test_editing_the_metrics_reevaluates_every_job(workflow):
+    planned = _edit_and_plan(workflow, "metrics.py")
+    assert len([p for p in planned if p.endswith(".jsonl")]) == 20  # every split of every job
+    # factual unlearning does not use the metrics (the PISTOL fine-tune's gate does)
+    assert not [p for p in planned if "/factual/" in p and p.endswith("patch.safetensors")]
+
+
+def test_moving_the_checkout_reruns_nothing(workflow, tmp_path):
+    # Snakemake records each job's input paths: code inputs must not be absolute paths
+    moved = Workflow(workflow.exe, shutil.copytree(workflow.repo, tmp_path / "repo", symlinks=True),
+                     shutil.copytree(workflow.workdir, tmp_path / "work", symlinks=True))
+    assert moved.planned_outputs() == set()
+
+
 def test_ga_job_lowers_forget_likelihood(workflow):
     def prob(method, split):
         path = workflow.workdir / f"results/tiny-a/factual/{method}/n4_s0/eval/{split}.summary.json"
