@@ -87,11 +87,13 @@ def evaluation_code_files():
     return code_inputs([evaluate_module.__file__, metrics_module.__file__])
 
 
-def spec_params(model):
-    """The model settings a job depends on (params, so a change reruns exactly those jobs)."""
+def spec_params(model, evaluates=False):
+    """The model settings a job depends on (params, so a change reruns exactly those jobs).
+    `eval_batch_size` only where the job evaluates (evaluations, the fine-tune's gate): retuning
+    it for speed must not redo the unlearning."""
     spec = model_spec(model)
-    return {k: getattr(spec, k) for k in ("name", "chat_template", "system_prompt", "num_layers",
-                                           "modules", "dtype", "pad_token", "eval_batch_size")}
+    keys = ["name", "chat_template", "system_prompt", "num_layers", "modules", "dtype", "pad_token"]
+    return {k: getattr(spec, k) for k in keys + (["eval_batch_size"] if evaluates else [])}
 
 
 def eval_splits(dataset):

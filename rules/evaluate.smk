@@ -15,7 +15,7 @@ rule evaluate_split:
         records=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/{{split}}.jsonl",
         summary=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/{{split}}.summary.json",
     params:
-        spec=lambda w: spec_params(w.model),
+        spec=lambda w: spec_params(w.model, evaluates=True),
         eval=config["eval"],
         device=config["device"],
     threads: model_job_threads("evaluate")
@@ -61,7 +61,7 @@ rule evaluate_rephrase:
         records=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/rephrase.jsonl",
         summary=f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/eval/rephrase.summary.json",
     params:
-        spec=lambda w: spec_params(w.model),
+        spec=lambda w: spec_params(w.model, evaluates=True),
         eval=config["eval"],
         device=config["device"],
     threads: model_job_threads("evaluate")

@@ -11,7 +11,7 @@ rule finetune:
     output:
         patch="resources/finetuned/{model}/{dataset}.patch.safetensors",
     params:
-        spec=lambda w: spec_params(w.model),
+        spec=lambda w: spec_params(w.model, evaluates=True),
         hparams=lambda w: finetune_hparams(w.model),
         device=config["device"],
     threads: model_job_threads("finetune")

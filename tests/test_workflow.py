@@ -166,6 +166,19 @@ def test_changing_an_eval_setting_reruns_evaluations_not_unlearning(workflow):
         workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
 
 
+def test_retuning_the_eval_batch_size_redoes_evaluations_not_unlearning(workflow):
+    config = _config(workflow.tiny_dirs, workflow.mirror)
+    config["models"]["tiny-a"]["eval_batch_size"] = 3
+    workflow.write_config(config)
+    try:
+        planned = workflow.planned_outputs()
+        assert "results/tiny-a/factual/ga/n4_s0/eval/forget.jsonl" in planned
+        assert not [p for p in planned if "/factual/" in p and p.endswith("patch.safetensors")]
+        assert not [p for p in planned if p.startswith("results/tiny-b/")]
+    finally:
+        workflow.write_config(_config(workflow.tiny_dirs, workflow.mirror))
+
+
 def _only_method_jobs(planned, method):
     job_outputs = {p for p in planned if p.startswith("results/tiny-")}
     assert job_outputs, "nothing would rerun"
