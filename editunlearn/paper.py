@@ -133,7 +133,6 @@ UNLEARNING = ("ga", "gd", "kl", "dpo", "npo", "idk_dpo")
 EDITING = ("rome", "memit", "alphaedit", "grace", "wise")
 
 
-
 def _label(method):
     return LABELS.get(method, method)
 
