@@ -71,11 +71,18 @@ def fig3(desc, png, pdf, root="."):
     """Forget (1 - Rouge1) and retain (Rouge1) against the number of forget samples."""
     rows = build_rows(desc, "main", root)
     model, title = _first_model(desc)
+    # the starting model at each size: what "kept the retain set" and "forgot" are measured against
+    references = [r for r in rows if r.reference and r.model == model]
     rows = _method_rows(rows, model)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(2, 1, figsize=(WIDTH, 3.6), sharex=True)
         for ax, key, ylabel, invert in ((axes[0], "forget_rouge1_recall", "Forget: 1 − Rouge1", True),
                                         (axes[1], "retain_rouge1_recall", "Retain: Rouge1", False)):
+            pts = sorted((r.n, r.values.get(key)) for r in references if r.values.get(key) is not None)
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, [1 - y for y in ys] if invert else ys, color="#777", ls="--", lw=0.8, zorder=3,
+                        label=f"{desc['labels'].get(desc['reference'], desc['reference'])} (before unlearning)")
             for method in dict.fromkeys(r.method for r in rows):
                 pts = sorted((r.n, r.values.get(key)) for r in rows if r.method == method
                              and r.values.get(key) is not None)

@@ -92,3 +92,14 @@ def test_fig6_shows_the_proxies_where_the_judge_was_unreadable(config, tmp_path)
         (tmp_path / path).write_text(json.dumps(judged))
     assert figures.fig6(desc, png, pdf, root=str(tmp_path), judges=judges) == "proxies"
     assert figures.fig6(desc, png, pdf, root=str(tmp_path), judges=[]) is None
+
+
+def test_fig3_draws_the_starting_model_at_each_size(config, tmp_path, monkeypatch):
+    write_experiment(tmp_path, config, "fig3")
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, png, pdf: drawn.append(fig))
+    _draw("fig3", config, tmp_path)
+    sizes = config["experiments"]["fig3"]["forget_sizes"]["factual"]
+    for ax in drawn[0].axes:  # forget and retain panels
+        (base,) = [line for line in ax.get_lines() if line.get_label() == "Base (before unlearning)"]
+        assert list(base.get_xdata()) == sizes and base.get_linestyle() == "--"
