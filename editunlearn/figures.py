@@ -18,7 +18,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from .experiments import Cell  # noqa: E402
 from .io import atomic_path, read_jsonl, write_text  # noqa: E402
-from .tables import build_rows, model_titles  # noqa: E402
+from .tables import build_rows, model_titles, reference_label  # noqa: E402
 
 WIDTH = 3.4  # inches: one column of a two-column paper
 STYLE = {"font.size": 7, "axes.titlesize": 7.5, "axes.labelsize": 7, "xtick.labelsize": 6.5,
@@ -82,7 +82,7 @@ def fig3(desc, png, pdf, root="."):
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, [1 - y for y in ys] if invert else ys, color="#777", ls="--", lw=0.8, zorder=3,
-                        label=f"{desc['labels'].get(desc['reference'], desc['reference'])} (before unlearning)")
+                        label=f"{reference_label(desc)} (before unlearning)")
             for method in dict.fromkeys(r.method for r in rows):
                 pts = sorted((r.n, r.values.get(key)) for r in rows if r.method == method
                              and r.values.get(key) is not None)
@@ -141,7 +141,7 @@ def fig4(desc, png, pdf, root="."):
         handles, names = ax.get_legend_handles_labels()
         if desc.get("reference"):
             handles.append(Line2D([], [], color="#555", ls="--", lw=0.8))
-            names.append(f"{desc['labels'].get(desc['reference'], desc['reference'])} (before unlearning)")
+            names.append(f"{reference_label(desc)} (before unlearning)")
         if any(r.grey for r in mine):
             handles.append(Patch(facecolor="white", edgecolor="#333", hatch="////", lw=0.3))
             names.append("non-functional / no forgetting")

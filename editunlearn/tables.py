@@ -367,8 +367,7 @@ def footnotes(layout: Layout, rows: list[Row], desc: dict) -> list[str]:
     if any(r.grey for r in rows):
         notes.append(FOOTNOTE_MARKS)
     if desc.get("reference"):
-        notes.append(f"{desc['labels'].get(desc['reference'], desc['reference'])}: the starting "
-                     f"model before unlearning (not ranked).")
+        notes.append(f"{reference_label(desc)}: the starting model before unlearning (not ranked).")
     if layout.delta_vs:
         notes.append(f"In brackets: change vs the plain {layout.delta_vs} set (positive: the "
                      f"rephrased questions recover more of the answer).")
@@ -382,10 +381,14 @@ def footnotes(layout: Layout, rows: list[Row], desc: dict) -> list[str]:
     reference_only = sorted({c.group for c in layout.columns for r in rows
                              if r.reference and r.values.get(c.key) is None} - set(missing))
     if reference_only and desc.get("reference"):
-        label = desc["labels"].get(desc["reference"], desc["reference"])
-        notes.append(f"{MISSING} in the {label} row ({', '.join(reference_only)}): "
+        notes.append(f"{MISSING} in the {reference_label(desc)} row ({', '.join(reference_only)}): "
                      "measured on the unlearned models only.")
     return notes
+
+
+def reference_label(desc: dict) -> str:
+    """How tables and figures name the starting model's row (config `experiments.labels`)."""
+    return desc["labels"].get(desc["reference"], desc["reference"])
 
 
 def _nothing_to_lose(layout: Layout, rows: list[Row]) -> list[str]:
