@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -339,27 +340,31 @@ class OpenAIBackend:
 
     def run(self, items: list[tuple[str, list[dict]]], done: Callable[[str, Reply], None],
             temperature: float) -> None:
-        """Ask every (key, messages) with at most ``concurrency`` requests in flight; ``done`` is
-        called in this thread as each answer arrives. The first error cancels what has not
-        started and is raised once the requests in flight have ended (their answers are kept)."""
+        """Ask every (key, messages) with at most ``concurrency`` requests in flight. ``done`` runs
+        (one call at a time) in the worker that got the answer, before that worker sends its next
+        request: a run killed mid-way has cached every answer it had received. The first error
+        cancels what has not started and is raised once the requests in flight have ended (their
+        answers are kept)."""
         workers = max(1, min(self.settings.concurrency, len(items)))
+        record = threading.Lock()
         error: BaseException | None = None
+
+        def ask_and_record(key: str, messages: list[dict]) -> None:
+            reply = self.ask(messages, temperature)
+            with record:
+                done(key, reply)
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llm") as pool:
-            futures = {pool.submit(self.ask, messages, temperature): key for key, messages in items}
-            remaining = set(futures)
+            remaining = {pool.submit(ask_and_record, key, messages) for key, messages in items}
             while remaining:
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    if future.cancelled():
+                    if future.cancelled() or future.exception() is None:
                         continue
-                    exc = future.exception()
-                    if exc is not None:
-                        if error is None:
-                            error = exc
-                            for other in remaining:
-                                other.cancel()
-                        continue
-                    done(futures[future], future.result())
+                    if error is None:
+                        error = future.exception()
+                        for other in remaining:
+                            other.cancel()
         if error is not None:
             raise error
 

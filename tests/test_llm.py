@@ -183,6 +183,29 @@ _INTERRUPTED = textwrap.dedent("""
 """)
 
 
+def test_each_answer_is_cached_before_the_next_request_is_sent(tmp_path):
+    # what makes a killed run resumable whatever the machine's load: with one request in flight,
+    # request n finds the n answers before it on disk, even when writing them is slow
+    cache = tmp_path / "cache"
+    found = []
+
+    def respond(n, body):
+        found.append(len(list(cache.rglob("*.json"))))
+        return echo(n, body)
+
+    with FakeOpenAI(respond) as server:
+        llm = make_llm(_settings(tmp_path, server))
+        put = llm.cache.put
+
+        def slow_put(key, entry):
+            time.sleep(0.2)
+            put(key, entry)
+
+        llm.cache.put = slow_put
+        llm.ask([_msgs(f"p{i}") for i in range(4)])
+    assert found == [0, 1, 2, 3]
+
+
 def test_a_killed_run_resumes_without_reasking_finished_prompts(tmp_path, repo):
     import threading
 
