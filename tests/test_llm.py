@@ -109,11 +109,9 @@ def test_a_timeout_is_retried(tmp_path):
     def respond(n, body):
         return Answer("late", delay=2.0) if n == 0 else echo(n, body)
 
-    with FakeOpenAI(respond) as server:
-        start = time.monotonic()
+    with FakeOpenAI(respond) as server:  # the late answer would have been kept without the timeout
         out = make_llm(_settings(tmp_path, server, timeout=0.3)).ask([_msgs("q")])
         assert out[0].text == "answer to q" and server.hits == 2
-        assert time.monotonic() - start < 2.0
 
 
 def test_timeouts_only_give_up_naming_the_timeout(tmp_path):
@@ -167,11 +165,8 @@ def test_openai_without_a_key_fails_before_any_request(tmp_path, monkeypatch):
 def test_concurrency_limits_requests_in_flight(tmp_path):
     with FakeOpenAI(lambda n, body: Answer(f"a{n}", delay=0.15)) as server:
         llm = make_llm(_settings(tmp_path, server, concurrency=3))
-        start = time.monotonic()
         assert len(llm.ask([_msgs(f"q{i}") for i in range(9)])) == 9
-        elapsed = time.monotonic() - start
-        assert server.max_in_flight == 3
-        assert elapsed < 9 * 0.15  # they did overlap
+        assert server.max_in_flight == 3  # they overlapped, never more than three
 
 
 _INTERRUPTED = textwrap.dedent("""
