@@ -59,6 +59,16 @@ pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 
 read_pid() { [ -s "$1" ] && tr -dc '0-9' <"$1" || true; }
 
+# A link to a config this script wrote for a cluster whose controller is gone (or to nothing).
+stale_link() {
+  [ -L "$1" ] || return 1
+  [ -e "$1" ] || return 0
+  local target
+  target=$(readlink -f "$1")
+  head -n 1 "$target" 2>/dev/null | grep -q '^# written by tools/local_slurm.sh' || return 1
+  ! pid_alive "$(read_pid "$(dirname "$(dirname "$target")")/run/slurmctld.pid")"
+}
+
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2; shift 2
   local i
@@ -161,8 +171,8 @@ EOF
   # Inside a job, snakemake's slurm-jobstep executor drops SLURM_* variables (SLURM_CONF too)
   # before it calls srun, which then looks for the config at its default place only: link it
   # there, while no other SLURM is configured on this machine (`stop` removes the link).
-  if [ -L "$SYSTEM_CONF" ] && [ ! -e "$SYSTEM_CONF" ]; then
-    rm -f "$SYSTEM_CONF"  # left by a test cluster that was not stopped
+  if stale_link "$SYSTEM_CONF"; then
+    rm -f "$SYSTEM_CONF"  # left by a test cluster that was killed, not stopped
   fi
   if [ -e "$SYSTEM_CONF" ] || [ -L "$SYSTEM_CONF" ]; then
     cannot "$SYSTEM_CONF exists: this machine has a SLURM of its own (use that one)"
