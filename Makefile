@@ -8,6 +8,8 @@ CORES ?= all
 
 # The stamp reinstalls when the pins change.
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "$(PYTHON) is older than 3.11 (the pinned numpy and pandas need 3.11+): make ... PYTHON=python3.11" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
 	$(BIN)/python -m pip install --quiet -r envs/requirements.txt

@@ -76,16 +76,19 @@ def claim_gpus(requested, device: str, lock_dir: str | os.PathLike | None = None
     GPU jobs run at once; this makes them use different GPUs. An exclusive lock file per GPU is
     held until the process ends (killed included), so a crashed job frees its GPU.
 
+    On a one-GPU machine the lock makes GPU jobs take turns (two 7B jobs on one card run out of
+    memory) even when Snakemake was not told ``--resources gpu=1``.
+
     Does nothing (returns None) where the choice is already made: a scheduler or the user set
     CUDA_VISIBLE_DEVICES (SLURM does for the GPUs it allocated), ``device`` names a device or the
-    CPU, the job asks for no GPU, or the machine has at most one."""
+    CPU, the job asks for no GPU, or the machine has none."""
     requested = int(requested or 0)
     if requested < 1 or device not in ("auto", "cuda"):
         return None
     if "CUDA_VISIBLE_DEVICES" in os.environ or "SLURM_JOB_ID" in os.environ:
         return None
     count = visible_gpu_count() if count is None else count
-    if count <= 1:
+    if count < 1:
         return None
     if requested > count:
         raise RuntimeError(f"the job asks for {requested} GPUs (config resources:), this machine "

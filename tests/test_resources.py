@@ -74,7 +74,6 @@ def test_rules_ask_for_the_configured_resources(snakemake_exe, repo, tmp_path):
 @pytest.fixture
 def release_gpus():
     from editunlearn import resources
-
     yield
     while resources._held_locks:
         resources._held_locks.pop().close()
@@ -100,13 +99,38 @@ def test_claim_gpus_gives_each_job_its_own_gpu(tmp_path, monkeypatch, release_gp
     assert out.strip() == "[1, 2] 1,2"
 
 
+def test_jobs_on_a_one_gpu_machine_take_turns(tmp_path, monkeypatch, release_gpus):
+    from editunlearn import resources
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert claim_gpus(1, "auto", lock_dir=tmp_path, count=1) == [0]
+    child = (
+        "import logging, os; logging.basicConfig(level=logging.INFO); "
+        "from editunlearn.resources import claim_gpus; "
+        f"print(claim_gpus(1, 'auto', lock_dir={str(tmp_path)!r}, count=1, poll_seconds=0.05), "
+        "os.environ['CUDA_VISIBLE_DEVICES'], flush=True)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        waiting = proc.stderr.readline()  # the second job waits while the first holds the GPU
+        assert "held by other jobs" in waiting, waiting
+        resources._held_locks.pop().close()  # the first job ends
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert out.strip() == "[0] 0"
+
+
 @pytest.mark.parametrize("gpu, device, env, count", [
     (0, "auto", {}, 4),                               # the job asks for no GPU
     (1, "cpu", {}, 4),                                # the config says CPU
     (1, "cuda:1", {}, 4),                             # the config names the GPU
     (1, "auto", {"CUDA_VISIBLE_DEVICES": "3"}, 4),    # the user or a scheduler chose
     (1, "auto", {"SLURM_JOB_ID": "7"}, 4),            # SLURM allocated it
-    (1, "auto", {}, 1),                               # one GPU: nothing to choose
+    (1, "auto", {}, 0),                               # no GPU at all
 ])
 def test_claim_gpus_leaves_made_choices_alone(tmp_path, monkeypatch, gpu, device, env, count):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
