@@ -96,7 +96,16 @@ def fig3(desc, png, pdf, root="."):
             ax.grid(alpha=0.3, lw=0.5)
         axes[1].set_xlabel("Number of forget samples")
         axes[1].set_xticks(sorted({r.n for r in rows}))
-        axes[0].legend(ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+        # the methods on one row above; the starting model's dashed line labelled apart, where
+        # it is clear of the lines (five entries in four columns read out of order)
+        handles, labels = axes[0].get_legend_handles_labels()
+        methods = [(h, n) for h, n in zip(handles, labels) if not n.endswith("(before unlearning)")]
+        if methods:
+            axes[0].legend(*zip(*methods), ncol=min(4, len(methods)), loc="lower center",
+                           bbox_to_anchor=(0.5, 1.0), frameon=False)
+        base = [(h, n) for h, n in zip(handles, labels) if n.endswith("(before unlearning)")]
+        if base:
+            axes[1].legend(*zip(*base), loc="best", frameon=False)
         fig.suptitle(f"Number of forget samples\n{title}", fontsize=7, y=1.06)
         save(fig, png, pdf)
 

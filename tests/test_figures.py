@@ -103,3 +103,8 @@ def test_fig3_draws_the_starting_model_at_each_size(config, tmp_path, monkeypatc
     for ax in drawn[0].axes:  # forget and retain panels
         (base,) = [line for line in ax.get_lines() if line.get_label() == "Base (before unlearning)"]
         assert list(base.get_xdata()) == sizes and base.get_linestyle() == "--"
+    # the methods' legend is one row (entries in reading order), the starting model's apart
+    forget_panel, retain_panel = drawn[0].axes
+    methods = [t.get_text() for t in forget_panel.get_legend().get_texts()]
+    assert "Base (before unlearning)" not in methods and forget_panel.get_legend()._ncols == len(methods)
+    assert [t.get_text() for t in retain_panel.get_legend().get_texts()] == ["Base (before unlearning)"]
