@@ -73,6 +73,7 @@ def fig3(desc, png, pdf, root="."):
     model, title = _first_model(desc)
     # the starting model at each size: what "kept the retain set" and "forgot" are measured against
     references = [r for r in rows if r.reference and r.model == model]
+    reference = f"{reference_label(desc)} (before unlearning)"
     rows = _method_rows(rows, model)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(2, 1, figsize=(WIDTH, 3.6), sharex=True)
@@ -82,7 +83,7 @@ def fig3(desc, png, pdf, root="."):
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, [1 - y for y in ys] if invert else ys, color="#777", ls="--", lw=0.8, zorder=3,
-                        label=f"{reference_label(desc)} (before unlearning)")
+                        label=reference)
             for method in dict.fromkeys(r.method for r in rows):
                 pts = sorted((r.n, r.values.get(key)) for r in rows if r.method == method
                              and r.values.get(key) is not None)
@@ -98,14 +99,13 @@ def fig3(desc, png, pdf, root="."):
         axes[1].set_xticks(sorted({r.n for r in rows}))
         # the methods on one row above; the starting model's dashed line labelled apart, where
         # it is clear of the lines (five entries in four columns read out of order)
-        handles, labels = axes[0].get_legend_handles_labels()
-        methods = [(h, n) for h, n in zip(handles, labels) if not n.endswith("(before unlearning)")]
-        if methods:
-            axes[0].legend(*zip(*methods), ncol=min(4, len(methods)), loc="lower center",
-                           bbox_to_anchor=(0.5, 1.0), frameon=False)
-        base = [(h, n) for h, n in zip(handles, labels) if n.endswith("(before unlearning)")]
-        if base:
-            axes[1].legend(*zip(*base), loc="best", frameon=False)
+        entries = dict(zip(*reversed(axes[0].get_legend_handles_labels())))  # label -> line
+        base = entries.pop(reference, None)
+        if entries:
+            axes[0].legend(entries.values(), entries.keys(), ncol=min(4, len(entries)),
+                           loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+        if base is not None:
+            axes[1].legend([base], [reference], loc="best", frameon=False)
         fig.suptitle(f"Number of forget samples\n{title}", fontsize=7, y=1.06)
         save(fig, png, pdf)
 

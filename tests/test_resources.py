@@ -74,6 +74,7 @@ def test_rules_ask_for_the_configured_resources(snakemake_exe, repo, tmp_path):
 @pytest.fixture
 def release_gpus():
     from editunlearn import resources
+
     yield
     while resources._held_locks:
         resources._held_locks.pop().close()
