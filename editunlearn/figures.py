@@ -67,13 +67,18 @@ def _no_data(ax, text):
 # ---------------------------------------------------------------- Figure 3
 
 
+def _reference_entry(desc) -> str:
+    """The legend entry of the starting model's dashed line (Figs. 3 and 4)."""
+    return f"{reference_label(desc)} (before unlearning)"
+
+
 def fig3(desc, png, pdf, root="."):
     """Forget (1 - Rouge1) and retain (Rouge1) against the number of forget samples."""
     rows = build_rows(desc, "main", root)
     model, title = _first_model(desc)
     # the starting model at each size: what "kept the retain set" and "forgot" are measured against
     references = [r for r in rows if r.reference and r.model == model]
-    reference = f"{reference_label(desc)} (before unlearning)"
+    reference = _reference_entry(desc)
     rows = _method_rows(rows, model)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(2, 1, figsize=(WIDTH, 3.6), sharex=True)
@@ -150,7 +155,7 @@ def fig4(desc, png, pdf, root="."):
         handles, names = ax.get_legend_handles_labels()
         if desc.get("reference"):
             handles.append(Line2D([], [], color="#555", ls="--", lw=0.8))
-            names.append(f"{reference_label(desc)} (before unlearning)")
+            names.append(_reference_entry(desc))
         if any(r.grey for r in mine):
             handles.append(Patch(facecolor="white", edgecolor="#333", hatch="////", lw=0.3))
             names.append("non-functional / no forgetting")
