@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: reproduce test setup dry-run clean-results
+.PHONY: reproduce smoke test setup dry-run clean-results
 
 # The stamp reinstalls when the pins change.
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
@@ -22,6 +22,12 @@ setup: $(VENV)/.installed
 
 reproduce: setup
 	$(BIN)/snakemake --cores $(CORES)
+
+# every table, figure and the report on a tiny grid (configs/smoke.yaml), in smoke/
+SMOKE := $(BIN)/snakemake --directory smoke --configfile configs/smoke.yaml
+smoke: setup
+	$(SMOKE) --cores $(CORES)
+	$(SMOKE) --report smoke/report.html
 
 test: setup
 	$(BIN)/python -m pytest -ra tests
