@@ -27,7 +27,7 @@ reproduce: setup
 SMOKE := $(BIN)/snakemake --directory smoke --configfile configs/smoke.yaml
 smoke: setup
 	$(SMOKE) --cores $(CORES)
-	$(SMOKE) --report smoke/report.html
+	$(SMOKE) --report report.html  # relative to --directory: smoke/report.html
 
 test: setup
 	$(BIN)/python -m pytest -ra tests
