@@ -492,9 +492,8 @@ def test_every_target_resolves_in_a_dry_run(snakemake_exe, repo, tmp_path):
     assert "unlearn" in counts and "table_base_models" not in counts
 
 
-
 def test_the_smoke_config_runs_every_method_into_every_table_and_figure(snakemake_exe, repo, tmp_path):
-    # `make smoke` is only worth its half hour if it reaches everything `make reproduce` does
+    # `make smoke` is only worth its time if it reaches everything `make reproduce` does
     cmd = [snakemake_exe, "--snakefile", str(repo / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(repo / "configs" / "smoke.yaml"), "--cores", "1", "-n"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
