@@ -14,11 +14,22 @@ def repo():
 
 
 @pytest.fixture(scope="session")
-def mirror():
-    """The local dataset mirror (../shared/data beside the project)."""
-    if not (MIRROR / "pistol" / "sample_data_1.json").is_file():
-        pytest.skip(f"dataset mirror not found at {MIRROR} (set EDITUNLEARN_TEST_MIRROR)")
-    return MIRROR
+def mirror(tmp_path_factory):
+    """The local dataset mirror (../shared/data beside the project, or EDITUNLEARN_TEST_MIRROR);
+    without one, the dataset files are downloaded once into a mirror of the same layout. Never a
+    skip: the data, workflow and SLURM tests are most of what `make test` proves."""
+    from editunlearn.data import SOURCES, DataError, fetch
+
+    if all((MIRROR / src.mirror_path).is_file() for src in SOURCES.values()):
+        return MIRROR
+    downloaded = tmp_path_factory.mktemp("mirror")
+    try:
+        for name, src in SOURCES.items():
+            fetch(name, downloaded / src.mirror_path, None)
+    except DataError as exc:
+        pytest.fail(f"no dataset mirror at {MIRROR} (set EDITUNLEARN_TEST_MIRROR to a copy of "
+                    f"../shared/data) and the download failed:\n{exc}")
+    return downloaded
 
 
 @pytest.fixture(scope="module")

@@ -46,14 +46,17 @@ def write_job(root: Path, cell: experiments.Cell, with_rephrase=True, judge=True
     (job / "eval").mkdir(exist_ok=True)
     (job / "eval" / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if judge:
-        (job / "judge.json").write_text(json.dumps({
-            # the shape editunlearn.judge writes
-            "n": 10, "forget_quality": _u(cell.job_dir, "fq"),
-            "entailment": 1 + 4 * _u(cell.job_dir, "se"),
-            "trustworthiness": 1 + 4 * _u(cell.job_dir, "tw"),
+        (job / "judge.json").write_text(json.dumps(judge_summary(cell.job_dir)))
+
+
+def judge_summary(job_dir: str) -> dict:
+    """The part of editunlearn.judge's summary the tables and figures read (test_generate checks
+    that the real one has every key)."""
+    return {"n": 10, "forget_quality": _u(job_dir, "fq"), "entailment": 1 + 4 * _u(job_dir, "se"),
+            "trustworthiness": 1 + 4 * _u(job_dir, "tw"),
             "unparsed": {"forget_quality": 3, "entailment": 2, "trustworthiness": 7}, "reliable": True,
-            "proxy": {"refusal_rate": _u(cell.job_dir, "rr"), "entity_mention_rate": _u(cell.job_dir, "em"),
-                      "leak_rate": _u(cell.job_dir, "lr")}}))
+            "proxy": {"refusal_rate": _u(job_dir, "rr"), "entity_mention_rate": _u(job_dir, "em"),
+                      "leak_rate": _u(job_dir, "lr")}}
 
 
 def write_experiment(root: Path, config: dict, name: str, **kwargs) -> None:

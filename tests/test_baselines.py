@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -7,11 +8,12 @@ import yaml
 from editunlearn.config import ConfigError, method_hparams, validate_config
 from editunlearn.io import write_json, write_jsonl
 from editunlearn.methods import UnlearnContext, make_method
+from editunlearn.methods._finetune_loop import _step_batches, linear_warmup_decay
 from editunlearn.models import ModelSpec
 from editunlearn.patch import Patch
 from editunlearn.prompts import PromptFormatter
 from editunlearn.testing import build_tiny_llama, tiny_model_entry
-from editunlearn.training import DivergenceError, collate_qa, sequence_nll
+from editunlearn.training import DivergenceError, collate_qa, sequence_logprob, sequence_nll
 
 BASELINES = ["ga", "gd", "kl", "dpo", "npo", "idk_dpo"]
 REFUSAL = "I don't have that information."
@@ -75,6 +77,53 @@ def test_method_unlearns_the_forget_answers(method):
     factor_size = sum(t.numel() for t in adapter.state.values())
     changed_size = sum(ctx.model.get_parameter(n).numel() for n in adapter.config["params"])
     assert len(adapter.config["params"]) == 14 and factor_size < changed_size / 2
+
+
+def test_answer_nll_equals_the_full_forward_pass_by_hand():
+    """The measure every baseline trains on (and these tests grade with) projects only the answer
+    positions onto the vocabulary; rows of unequal prompt and answer lengths must still score
+    exactly the tokens a plain forward pass gives them."""
+    ctx = _context()
+    pairs = [(FORGET[0]["question"], FORGET[0]["answer"]), ("Hi?", RETAIN[2]["answer"] + " Indeed, it does.")]
+    batch = collate_qa(ctx.formatter, pairs)
+    with torch.no_grad():
+        got_nll, got_sum = sequence_nll(ctx.model, batch), sequence_logprob(ctx.model, batch)
+    eos = ctx.tokenizer.eos_token_id
+    for row, (question, answer) in enumerate(pairs):
+        prompt, target = ctx.formatter.qa_ids(question, answer)
+        target = target + [eos]
+        with torch.no_grad():  # one unpadded sequence, every position projected
+            logits = ctx.model(torch.tensor([prompt + target])).logits[0]
+        logp = torch.log_softmax(logits[len(prompt) - 1:-1].float(), -1)
+        token_logp = logp[torch.arange(len(target)), torch.tensor(target)]
+        assert got_sum[row].item() == pytest.approx(token_logp.sum().item(), abs=1e-4)
+        assert got_nll[row].item() == pytest.approx(-token_logp.mean().item(), abs=1e-5)
+    assert len(ctx.formatter.prompt_ids(pairs[0][0])) != len(ctx.formatter.prompt_ids(pairs[1][0]))
+
+
+@pytest.mark.parametrize("method, term, first", [
+    ("npo", "npo", 2 / 0.1 * math.log(2)),  # (2 / beta) log(1 + 1): pi = pi_ref at the start
+    ("idk_dpo", "dpo", math.log(2)),  # -log sigmoid(0)
+])
+def test_preference_losses_start_from_their_closed_form(method, term, first):
+    patch = make_method(method, {**QUICK, "epochs": 1}).unlearn(_context())
+    assert patch.info["first_loss"][term] == pytest.approx(first, rel=1e-5)
+    doubled = make_method(method, {**QUICK, "epochs": 1, "retain_weight": 2.0}).unlearn(_context())
+    assert doubled.info["first_loss"]["retain_nll"] == pytest.approx(
+        2 * patch.info["first_loss"]["retain_nll"], rel=1e-5)
+
+
+def test_schedule_accumulation_and_data_order():
+    # warmup of 2 then a linear fall over the remaining 8 optimiser steps, never to 0
+    factor = linear_warmup_decay(2, 10)
+    assert [factor(s) for s in range(10)] == pytest.approx([1 / 3, 2 / 3] + [k / 8 for k in range(8, 0, -1)])
+    # 4 items, micro-batches of 1, two per optimiser step: 2 steps an epoch
+    patch = make_method("ga", {**QUICK, "batch_size": 1, "gradient_accumulation_steps": 2}).unlearn(_context())
+    assert patch.info["steps"] == 3 * 2
+    # GA (no retain set) and GD see the forget items in the same order for the same seed
+    def forget_order(n_retain):
+        return [[f for f, _ in group] for _, group in _step_batches(4, n_retain, 2, 1, 3, seed=0)]
+    assert forget_order(0) == forget_order(4) != [[[0, 1]], [[2, 3]]] * 3
 
 
 def test_retain_terms_protect_the_retain_set():

@@ -110,3 +110,48 @@ def test_fig3_draws_the_starting_model_at_each_size(config, tmp_path, monkeypatc
     rows = {round(t.get_window_extent().y0) for t in forget_panel.get_legend().get_texts()}
     assert "Base (before unlearning)" not in methods and len(methods) == 4 and len(rows) == 1
     assert [t.get_text() for t in retain_panel.get_legend().get_texts()] == ["Base (before unlearning)"]
+
+
+def _summaries(root, config, name):
+    """(dataset, method, n) -> the job's summary, for the cells of one experiment's main grid."""
+    part = next(iter(E.experiment_cells(config, name).values()))
+    return {(c.dataset, c.method, c.n): json.loads((root / c.job_dir / "summary.json").read_text())
+            for c in part["cells"]}
+
+
+def test_fig3_and_fig4_draw_the_scores_of_the_summaries(config, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, png, pdf: drawn.append(fig))
+    write_experiment(tmp_path, config, "fig3")
+    _draw("fig3", config, tmp_path)
+    jobs = _summaries(tmp_path, config, "fig3")
+    forget_panel, retain_panel = drawn[0].axes
+    labels = config["experiments"]["labels"]
+    for method in config["experiments"]["fig3"]["methods"]:
+        (forget_line,) = [ln for ln in forget_panel.get_lines() if ln.get_label() == labels[method]]
+        (retain_line,) = [ln for ln in retain_panel.get_lines() if ln.get_label() == labels[method]]
+        sizes = sorted(n for d, m, n in jobs if m == method)
+        assert list(forget_line.get_xdata()) == sizes
+        assert list(forget_line.get_ydata()) == pytest.approx(  # drawn as 1 - Rouge1: up is better
+            [1 - jobs["factual", method, n]["splits"]["forget"]["rouge1_recall"] for n in sizes])
+        assert list(retain_line.get_ydata()) == pytest.approx(
+            [jobs["factual", method, n]["splits"]["retain"]["rouge1_recall"] for n in sizes])
+
+    write_experiment(tmp_path, config, "fig4")
+    _draw("fig4", config, tmp_path)
+    bars = [p for p in drawn[1].axes[0].patches if p.get_height() > 0]
+    jobs = _summaries(tmp_path, config, "fig4")
+    assert sorted(round(b.get_height(), 9) for b in bars) == sorted(
+        round(s["combined_score"], 9) for s in jobs.values())
+    # hatched exactly where the model is broken (fake ga and kl) or forgot nothing (forget Rouge1
+    # not below the starting model's at the same size)
+    def forget(s):
+        return s["splits"]["forget"]["rouge1_recall"]
+
+    part = next(iter(E.experiment_cells(config, "fig4").values()))
+    start = {(c.dataset, c.n): json.loads((tmp_path / c.job_dir / "summary.json").read_text())
+             for c in part["references"]}
+    grey = {round(s["combined_score"], 9) for (d, m, n), s in jobs.items()
+            if s["non_functional"] or forget(s) >= forget(start[d, n])}
+    hatched = {round(b.get_height(), 9) for b in bars if b.get_hatch()}
+    assert hatched == grey and {"ga", "kl"} <= {m for (d, m, n), s in jobs.items() if s["non_functional"]}

@@ -14,6 +14,7 @@ from editunlearn.generate import (check_refusal, check_rephrase, clean_refusal, 
 from editunlearn.judge import judge_records, parse_score
 from editunlearn.llm import LLMSettings, make_llm
 from fake_openai import Answer, FakeOpenAI, user_text
+from fake_results import judge_summary
 
 ROMEO = {"id": "factual-000", "question": "Who wrote the play 'Romeo and Juliet'?",
          "answer": "William Shakespeare"}
@@ -258,6 +259,10 @@ def test_judge_scores_only_forgotten_answers_and_counts_unparsed(tmp_path):
     # Romeo: its one entity named; Canberra: "Australia" named; contract: neither company
     assert romeo["entity_mention"] == 1.0 and contract["entity_mention"] == 0.0
     assert proxy["entity_mention_rate"] == pytest.approx(2 / 3)
+    # the tables' and figures' tests read fake judge summaries: every key of those is real
+    fake = judge_summary("any/job")
+    assert set(fake) <= set(summary) and set(fake["proxy"]) <= set(proxy)
+    assert set(fake["unparsed"]) == set(summary["unparsed"])
 
 
 def test_judge_scores_are_withheld_when_most_verdicts_are_unreadable(tmp_path):

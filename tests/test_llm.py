@@ -282,7 +282,8 @@ def test_local_backend_batched_greedy_cached(tmp_path, tiny_dir):
                                   "Who wrote the play Romeo and Juliet?")]
     llm = _local(tmp_path, tiny_dir)
     batched = llm.ask(prompts)
-    assert all(isinstance(c.text, str) for c in batched) and llm.stats["asked"] == 3
+    assert all(isinstance(c.text, str) for c in batched) and any(c.text for c in batched)
+    assert llm.stats["asked"] == 3
     entry = ResponseCache(tmp_path / "cache").get(batched[0].key)
     assert entry["backend"] == "local" and entry["model"].startswith("tiny@")
     assert entry["usage"]["prompt_tokens"] > 5 and 0 < entry["usage"]["completion_tokens"] <= 6
@@ -300,8 +301,9 @@ def test_local_backend_seeded_sampling_is_repeatable(tmp_path, tiny_dir):
     assert [c.text for c in first] == [c.text for c in second][::-1]
     other_seed = _local(tmp_path / "c", tiny_dir, temperature=1.0, seed=4, max_tokens=8).ask(prompts)
     greedy = _local(tmp_path / "d", tiny_dir, max_tokens=8).ask(prompts)
-    assert [c.text for c in other_seed] != [c.text for c in first] or \
-        [c.text for c in greedy] != [c.text for c in first]
+    # seeded, so these hold on every run: the seed and the temperature both reach the sampler
+    assert [c.text for c in other_seed] != [c.text for c in first]
+    assert [c.text for c in greedy] != [c.text for c in first]
 
 
 def test_local_model_id_names_the_start_patch_and_the_prompt_settings(tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 import yaml
 
+from editunlearn.metrics import rouge1_recall
 from editunlearn.testing import save_tiny_llama, tiny_model_entry
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,8 @@ class Workflow:
             m = re.match(r"^\s+output: (.+)$", line)
             if m:
                 files.update(f.strip() for f in m.group(1).split(","))
+        if not files:  # an empty plan must be Snakemake's, not a line format this parser misses
+            assert "Nothing to be done" in out, out[-3000:]
         return files
 
 
@@ -110,14 +113,23 @@ def test_run_produces_table_and_per_item_records(workflow):
     assert "| tiny-a | pistol | fine-tuned | n20_s0 | locality | 3 |" in md
     assert "| tiny-a | factual | base | n4_s0 | forget | 3 |" in md
     assert (workflow.workdir / "resources/finetuned/tiny-a/pistol.patch.safetensors").exists()
-    records = (workflow.workdir / "results/tiny-a/pistol/base/n20_s0/eval/forget.jsonl").read_text()
-    first = json.loads(records.splitlines()[0])
-    for key in ("question", "answer", "generation", "rouge1_recall", "prob", "prob_product", "mrr",
-                "hit_rate", "edge"):
-        assert key in first
-    summary = json.loads((workflow.workdir / "results/tiny-a/pistol/base/n20_s0/summary.json").read_text())
+    job = workflow.workdir / "results/tiny-a/pistol/base/n20_s0"
+    summary = json.loads((job / "summary.json").read_text())
     assert set(summary["splits"]) == {"forget", "retain", "locality"}
-    assert "combined_score" in summary and "non_functional" in summary
+    means = {}
+    for split in summary["splits"]:
+        records = [json.loads(line) for line in (job / f"eval/{split}.jsonl").read_text().splitlines()]
+        for r in records:  # every record scored from its own generation
+            assert r["rouge1_recall"] == pytest.approx(rouge1_recall(r["answer"], r["generation"]))
+            assert 0 < r["prob"] <= 1 and 0 <= r["hit_rate"] <= 1
+            assert (split == "locality") != ("edge" in r)  # PISTOL's items carry their contract edge
+        means[split] = {k: sum(r[k] for r in records) / len(records) for k in ("rouge1_recall", "prob", "mrr")}
+        for key, mean in means[split].items():
+            assert summary["splits"][split][key] == pytest.approx(mean), (split, key)
+    assert summary["combined_score"] == pytest.approx(
+        1 - means["forget"]["rouge1_recall"] + means["retain"]["rouge1_recall"])
+    assert summary["non_functional"] == (means["forget"]["rouge1_recall"] < 0.05
+                                         and means["retain"]["rouge1_recall"] < 0.05)
 
 
 def test_second_run_does_nothing(workflow):
@@ -258,8 +270,9 @@ def test_ga_job_lowers_forget_likelihood(workflow):
 
 def test_rerun_gives_identical_metrics(workflow):
     target = "results/tiny-a/factual/base/n4_s0/eval/retain.jsonl"
-    before = (workflow.workdir / target).read_text()
+    before, written = (workflow.workdir / target).read_text(), (workflow.workdir / target).stat().st_mtime_ns
     workflow.run("--forcerun", "evaluate_split", "--until", "evaluate_split", target)
+    assert (workflow.workdir / target).stat().st_mtime_ns != written  # really evaluated again
     assert (workflow.workdir / target).read_text() == before
 
 
