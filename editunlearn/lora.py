@@ -101,6 +101,13 @@ def lowrank_adapter(model: nn.Module) -> Adapter:
     return Adapter("lowrank_delta", {"scale": scales.pop(), "params": params}, state)
 
 
+def merged_weight(module: LoRALinear) -> torch.Tensor:
+    """The weight ``detach_lora(merge=True)`` would leave in ``module``, computed on a copy."""
+    weight = module.base.weight.detach().clone()
+    add_lowrank_delta(weight, module.lora_A.detach(), module.lora_B.detach(), module.scale)
+    return weight
+
+
 def detach_lora(model: nn.Module, merge: bool = True) -> None:
     """Put the original ``nn.Linear`` modules back, with the update merged into their weights when
     ``merge`` (by the same arithmetic the ``lowrank_delta`` adaptor uses, so both agree exactly)."""

@@ -29,8 +29,8 @@ from abc import abstractmethod
 
 import torch
 
-from ..lora import (DEFAULT_TARGET_MODULES, attach_lora, detach_lora, lora_disabled, lora_parameters,
-                    lowrank_adapter)
+from ..lora import (DEFAULT_TARGET_MODULES, attach_lora, detach_lora, lora_disabled, lora_modules,
+                    lora_parameters, lowrank_adapter, merged_weight)
 from ..patch import Patch
 from ..training import QABatch, check_finite, collate_qa, sequence_nll
 from . import Method, UnlearnContext
@@ -277,24 +277,25 @@ def train(method: FinetuneMethod, ctx: UnlearnContext, epoch_end=None) -> Patch:
                 if stop:
                     ctx.log.info("%s: stopping after epoch %d of %d", method.name, epoch, epochs)
                     break
+        # no loss follows the last update, and finite LoRA factors can still overflow when
+        # merged: checked on copies first, so that with LoRA a failure leaves the model as it was
         if lora:
+            for name, module in lora_modules(model).items():
+                check_finite(merged_weight(module).abs().max(), steps_done, f"weight {name}.weight")
             adapter = lowrank_adapter(model)
             detach_lora(model, merge=True)
-            changed = [f"{name}.weight" for name in wrapped]
         else:
-            changed = trained_names
-        # no loss follows the last update, and finite LoRA factors can still overflow when merged
-        weights = dict(model.named_parameters())
-        for name in changed:
-            check_finite(weights[name].detach().abs().max(), total_steps, f"weight {name}")
+            weights = dict(model.named_parameters())
+            for name in trained_names:
+                check_finite(weights[name].detach().abs().max(), steps_done, f"weight {name}")
     finally:
         model.train(was_training)
-        detach_lora(model, merge=False)  # a failure in training leaves the model as it was
+        detach_lora(model, merge=False)  # drops unmerged factors: a failed LoRA run changes nothing
         for name, param in model.named_parameters():
             param.requires_grad_(grad_flags[name])
 
     patch = (Patch(method.name, ctx.spec.name, adapters=[adapter]) if lora
-             else Patch.from_changes(method.name, ctx.spec.name, model, changed))
+             else Patch.from_changes(method.name, ctx.spec.name, model, trained_names))
     patch.info.update({
         "mode": "lora" if lora else "full", "steps": steps_done, "epochs": epochs,
         "trainable_parameters": n_trainable, "first_loss": first_terms, "final_loss": terms,
