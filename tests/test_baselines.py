@@ -120,9 +120,11 @@ def test_schedule_accumulation_and_data_order():
     # 4 items, micro-batches of 1, two per optimiser step: 2 steps an epoch
     patch = make_method("ga", {**QUICK, "batch_size": 1, "gradient_accumulation_steps": 2}).unlearn(_context())
     assert patch.info["steps"] == 3 * 2
-    # GA (no retain set) and GD see the forget items in the same order for the same seed
+
     def forget_order(n_retain):
         return [[f for f, _ in group] for _, group in _step_batches(4, n_retain, 2, 1, 3, seed=0)]
+
+    # GA (no retain set) and GD see the forget items in the same order for the same seed
     assert forget_order(0) == forget_order(4) != [[[0, 1]], [[2, 3]]] * 3
 
 
