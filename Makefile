@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
+# more snakemake options for reproduce and smoke, e.g. ARGS="--set-threads unlearn=1 evaluate_split=1"
+ARGS ?=
 
 .PHONY: reproduce smoke test setup dry-run clean-results
 
@@ -21,12 +23,12 @@ $(VENV)/.installed: envs/requirements.txt pyproject.toml
 setup: $(VENV)/.installed
 
 reproduce: setup
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) $(ARGS)
 
 # every table, figure and the report on a tiny grid (configs/smoke.yaml), in smoke/
 SMOKE := $(BIN)/snakemake --directory smoke --configfile configs/smoke.yaml
 smoke: setup
-	$(SMOKE) --cores $(CORES)
+	$(SMOKE) --cores $(CORES) $(ARGS)
 	$(SMOKE) --report report.html  # relative to --directory: smoke/report.html
 
 test: setup
