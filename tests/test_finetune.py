@@ -61,6 +61,7 @@ def test_gate_failure_is_reported_not_hidden():
     hp = {"epochs": 1, "batch_size": 4, "lr": 1e-5, "min_rouge1": 0.99, "monitor_items": 2}
     *_, report, _, _ = _run(hp)
     assert report["rouge1"] < 0.99 and not report["passed"]
+    assert report["min_rouge1"] == 0.99  # the report names the bar it failed
 
 
 def test_unknown_finetune_hyperparameter_is_refused():
