@@ -3,8 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
-# more snakemake options for reproduce and smoke, e.g. ARGS="--set-threads unlearn=1 evaluate_split=1"
+# more snakemake options for reproduce and smoke, e.g. ARGS="--keep-going"
 ARGS ?=
+# Jobs run side by side only while their summed mem_mb (config.yaml `resources:`) fits in MEM_MB:
+# by default 80% of the memory free at start (Linux; 60% of RAM on macOS). `MEM_MB=` lifts the cap.
+ifeq ($(origin MEM_MB), undefined)
+MEM_MB := $(shell awk '/^MemAvailable:/ {print int($$2 / 1024 * 0.8)}' /proc/meminfo 2>/dev/null \
+	|| sysctl -n hw.memsize 2>/dev/null | awk '{print int($$1 / 1048576 * 0.6)}')
+endif
+RUN_ARGS := --cores $(CORES) $(if $(MEM_MB),--resources mem_mb=$(MEM_MB)) $(ARGS)
 
 .PHONY: reproduce smoke test setup dry-run clean-results
 
@@ -23,12 +30,12 @@ $(VENV)/.installed: envs/requirements.txt pyproject.toml
 setup: $(VENV)/.installed
 
 reproduce: setup
-	$(BIN)/snakemake --cores $(CORES) $(ARGS)
+	$(BIN)/snakemake $(RUN_ARGS)
 
 # every table, figure and the report on a tiny grid (configs/smoke.yaml), in smoke/
 SMOKE := $(BIN)/snakemake --directory smoke --configfile configs/smoke.yaml
 smoke: setup
-	$(SMOKE) --cores $(CORES) $(ARGS)
+	$(SMOKE) $(RUN_ARGS)
 	$(SMOKE) --report report.html  # relative to --directory: smoke/report.html
 
 test: setup

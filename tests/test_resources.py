@@ -145,3 +145,21 @@ def test_claim_gpus_leaves_made_choices_alone(tmp_path, monkeypatch, gpu, device
         monkeypatch.setenv(k, v)
     assert claim_gpus(gpu, device, lock_dir=tmp_path, count=count) is None
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == env.get("CUDA_VISIBLE_DEVICES")
+
+
+def _make_reproduce_line(repo, *assignments):
+    out = subprocess.run(["make", "-n", "-C", str(repo), "reproduce", *assignments],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return next(line for line in out.splitlines() if "bin/snakemake" in line)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="the default budget reads /proc/meminfo")
+def test_make_reproduce_budgets_memory(repo):
+    """One-thread jobs on many cores would run more jobs than RAM holds: `make reproduce` caps the
+    jobs' summed mem_mb at 80% of the memory free now, unless MEM_MB says otherwise."""
+    with open("/proc/meminfo") as f:
+        available_mb = int(re.search(r"^MemAvailable:\s+(\d+) kB", f.read(), re.M).group(1)) // 1024
+    budget = int(re.search(r"--resources mem_mb=(\d+)", _make_reproduce_line(repo)).group(1))
+    assert 0.6 * available_mb < budget < available_mb
+    assert "--resources mem_mb=1234 " in _make_reproduce_line(repo, "MEM_MB=1234") + " "
+    assert "--resources" not in _make_reproduce_line(repo, "MEM_MB=")
