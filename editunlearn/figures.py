@@ -24,8 +24,9 @@ WIDTH = 3.4  # inches: one column of a two-column paper
 STYLE = {"font.size": 7, "axes.titlesize": 7.5, "axes.labelsize": 7, "xtick.labelsize": 6.5,
          "ytick.labelsize": 6.5, "legend.fontsize": 6, "axes.spines.top": False,
          "axes.spines.right": False, "figure.dpi": 100, "savefig.dpi": 300}
-# one colour per method, stable across figures (colour-blind-safe tab10 order)
-COLOURS = {"ga": "#8c564b", "gd": "#1f77b4", "kl": "#7f7f7f", "dpo": "#ff7f0e", "npo": "#bcbd22",
+# one colour per method, stable across figures (tab10 order; KL dark indigo, not grey: grey
+# dashes are the starting model)
+COLOURS = {"ga": "#8c564b", "gd": "#1f77b4", "kl": "#393b79", "dpo": "#ff7f0e", "npo": "#bcbd22",
            "idk_dpo": "#17becf", "rome": "#9467bd", "memit": "#e377c2", "grace": "#2ca02c",
            "wise": "#d62728", "alphaedit": "#000000"}
 DATASET_COLOURS = {"factual": "#4c72b0", "pistol": "#dd8452"}
