@@ -6,7 +6,8 @@ CORES ?= all
 # more snakemake options for reproduce and smoke, e.g. ARGS="--keep-going"
 ARGS ?=
 # Jobs run side by side only while their summed mem_mb (config.yaml `resources:`) fits in MEM_MB:
-# by default 80% of the memory free at start (Linux; 60% of RAM on macOS). `MEM_MB=` lifts the cap.
+# by default 80% of the memory free at start (Linux; 60% of RAM on macOS). `MEM_MB=` lifts the cap;
+# a `--resources` in ARGS replaces this one (Snakemake keeps the last), so name mem_mb there too.
 ifeq ($(origin MEM_MB), undefined)
 MEM_MB := $(shell awk '/^MemAvailable:/ {print int($$2 / 1024 * 0.8)}' /proc/meminfo 2>/dev/null \
 	|| sysctl -n hw.memsize 2>/dev/null | awk '{print int($$1 / 1048576 * 0.6)}')
