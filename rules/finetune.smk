@@ -15,6 +15,7 @@ rule finetune:
         hparams=lambda w: finetune_hparams(w.model),
         device=config["device"],
     threads: model_job_threads("finetune")
+    priority: CRITICAL_PATH_PRIORITY
     resources:
         **model_job_resources("finetune"),
     conda:

@@ -108,6 +108,7 @@ rule rephrase:
         retry_temperature=config["rephrase"]["retry_temperature"],
         device=config["device"],
     threads: llm_threads("rephrase")
+    priority: CRITICAL_PATH_PRIORITY
     resources:
         **llm_resources("rephrase"),
     conda:

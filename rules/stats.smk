@@ -77,6 +77,7 @@ rule key_corpus:
         settings={k: v for k, v in key_stats_settings().items() if k != "stats_batch_size"},
         device=config["device"],
     threads: model_job_threads("unlearn")
+    priority: CRITICAL_PATH_PRIORITY
     resources:
         **model_job_resources("unlearn"),
     conda:

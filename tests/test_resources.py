@@ -76,6 +76,32 @@ def test_rules_ask_for_the_configured_resources(snakemake_exe, repo, tmp_path):
         assert "gpu=" not in blocks[rule], rule
 
 
+def test_long_shared_jobs_start_on_the_first_free_core(snakemake_exe, repo, tmp_path):
+    """The fine-tune, key corpus and rephrases, which many jobs wait for, outrank those jobs and
+    ask for one thread: Snakemake reserves no cores, so a multi-thread job would wait behind every
+    ready 1-thread job (README, "Compute resources per job")."""
+    cfg = tmp_path / "pistol.yaml"
+    cfg.write_text("run: {models: [smollm2-135m], datasets: [pistol], methods: [rome]}\n")
+    proc = subprocess.run([snakemake_exe, "-n", "--snakefile", str(repo / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "16"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    jobs = {}
+    for block in proc.stdout.split("\n\n"):
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if m:
+            priority = re.search(r"priority: (\d+)", block)
+            threads = re.search(r"threads: (\d+)", block)
+            jobs.setdefault(m.group(1), set()).add(
+                (int(priority.group(1)) if priority else 0, int(threads.group(1)) if threads else 1))
+    for rule in ("finetune", "key_corpus", "rephrase"):
+        assert len(jobs[rule]) == 1, (rule, jobs[rule])
+        (priority, threads), = jobs[rule]
+        assert priority > 0 and threads == 1, (rule, priority, threads)
+    for rule in ("unlearn", "evaluate_split", "evaluate_rephrase", "key_stats"):
+        assert jobs[rule] == {(0, 1)}, (rule, jobs[rule])
+
+
 @pytest.fixture
 def release_gpus():
     from editunlearn import resources
