@@ -50,20 +50,28 @@ def test_bad_resources_name_the_key(config, mutate, key):
     assert f"'{key}" in str(err.value)
 
 
-def test_rules_ask_for_the_configured_resources(snakemake_exe, repo, tmp_path):
-    """Dry run of a 7B model: its model jobs ask for a GPU and the class's memory and time;
-    light steps ask for nothing (they are local rules)."""
-    cfg = tmp_path / "big.yaml"
-    cfg.write_text("run: {models: [llama2-7b-chat], datasets: [factual], methods: [base]}\n")
+def planned_jobs(snakemake_exe, repo, tmp_path, run):
+    """Dry run of the workflow with config `run: <run>`: rule name -> the printed block of each
+    of its planned jobs."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"run: {run}\n")
     proc = subprocess.run([snakemake_exe, "-n", "--snakefile", str(repo / "Snakefile"),
                            "--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "16"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    blocks = {}
+    jobs = {}
     for block in proc.stdout.split("\n\n"):
-        m = re.search(r"^rule (\w+):", block, re.M)
+        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
         if m:
-            blocks.setdefault(m.group(1), block)
+            jobs.setdefault(m.group(1), []).append(block)
+    return jobs
+
+
+def test_rules_ask_for_the_configured_resources(snakemake_exe, repo, tmp_path):
+    """Dry run of a 7B model: its model jobs ask for a GPU and the class's memory and time;
+    light steps ask for nothing (they are local rules)."""
+    blocks = {rule: found[0] for rule, found in planned_jobs(
+        snakemake_exe, repo, tmp_path, "{models: [llama2-7b-chat], datasets: [factual], methods: [base]}").items()}
     def asked(rule):
         """threads and resources of a rule's planned job, whatever order Snakemake prints them in"""
         resources = dict(re.findall(r"(\w+)=([^,\s]+)", re.search(r"resources: (.*)", blocks[rule]).group(1)))
@@ -80,20 +88,14 @@ def test_long_shared_jobs_start_on_the_first_free_core(snakemake_exe, repo, tmp_
     """The fine-tune, key corpus and rephrases, which many jobs wait for, outrank those jobs and
     ask for one thread: Snakemake reserves no cores, so a multi-thread job would wait behind every
     ready 1-thread job (README, "Compute resources per job")."""
-    cfg = tmp_path / "pistol.yaml"
-    cfg.write_text("run: {models: [smollm2-135m], datasets: [pistol], methods: [rome]}\n")
-    proc = subprocess.run([snakemake_exe, "-n", "--snakefile", str(repo / "Snakefile"),
-                           "--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "16"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    jobs = {}
-    for block in proc.stdout.split("\n\n"):
-        m = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        if m:
-            priority = re.search(r"priority: (\d+)", block)
-            threads = re.search(r"threads: (\d+)", block)
-            jobs.setdefault(m.group(1), set()).add(
-                (int(priority.group(1)) if priority else 0, int(threads.group(1)) if threads else 1))
+    def priority_and_threads(block):
+        """Snakemake prints a job's priority and threads only where they are not 0 and 1"""
+        priority, threads = (re.search(rf"{key}: (\d+)", block) for key in ("priority", "threads"))
+        return int(priority.group(1)) if priority else 0, int(threads.group(1)) if threads else 1
+
+    run = "{models: [smollm2-135m], datasets: [pistol], methods: [rome]}"
+    jobs = {rule: {priority_and_threads(block) for block in found}
+            for rule, found in planned_jobs(snakemake_exe, repo, tmp_path, run).items()}
     for rule in ("finetune", "key_corpus", "rephrase"):
         assert len(jobs[rule]) == 1, (rule, jobs[rule])
         (priority, threads), = jobs[rule]
