@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import zlib
 
 import matplotlib
 
@@ -30,10 +31,15 @@ COLOURS = {"ga": "#8c564b", "gd": "#1f77b4", "kl": "#393b79", "dpo": "#ff7f0e", 
            "idk_dpo": "#17becf", "rome": "#9467bd", "memit": "#e377c2", "grace": "#2ca02c",
            "wise": "#d62728", "alphaedit": "#000000"}
 DATASET_COLOURS = {"factual": "#4c72b0", "pistol": "#dd8452"}
+# a method added by the user: tab20's light tones, picked by name so it keeps its colour
+EXTRA_COLOURS = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+                 "#dbdb8d", "#9edae5"]
 
 
 def _colour(method):
-    return COLOURS.get(method, "#555555")
+    if method in COLOURS:
+        return COLOURS[method]
+    return EXTRA_COLOURS[zlib.crc32(method.encode()) % len(EXTRA_COLOURS)]
 
 
 def save(fig, png: str, pdf: str) -> None:

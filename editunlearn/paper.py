@@ -21,8 +21,6 @@ PAPER_MODEL_NAMES = {"llama2-7b-chat": "Llama2-7B", "mistral-7b-instruct": "Mist
 DEFAULT_PAPER_MODEL = "Llama2-7B"
 METRIC_LABELS = {"rouge1_recall": "Rouge1", "prob": "Prob.", "mrr": "MRR", "hit_rate": "Hit-Rate"}
 SPLIT_LABELS = {"forget": "Forget", "retain": "Retain", "rephrase": "Rephrase"}
-LABELS = {"ga": "GA", "gd": "GD", "kl": "KL", "dpo": "DPO", "rome": "ROME", "memit": "MEMIT",
-          "grace": "GRACE", "wise": "WISE", "alphaedit": "AlphaEdit"}
 
 
 def read_csv(path) -> list[dict]:
@@ -118,7 +116,8 @@ def compare(tables: dict, paper: dict) -> tuple[list[dict], list[dict]]:
                     continue
                 values.append({"table": name, "model": r["model"], "paper_model": pm,
                                "dataset": r["dataset"], "n_forget": r["n_forget"], "method": r["method"],
-                               "column": col, "pipeline": value, "paper": ref, "difference": value - ref})
+                               "label": _label(r), "column": col, "pipeline": value, "paper": ref,
+                               "difference": value - ref})
                 blocks.setdefault((r["model"], pm, r["dataset"], r["n_forget"], col), []).append((value, ref))
         for (model, pm, dataset, n, col), pairs in blocks.items():
             tau = kendall_tau([p[0] for p in pairs], [p[1] for p in pairs])
@@ -129,16 +128,15 @@ def compare(tables: dict, paper: dict) -> tuple[list[dict], list[dict]]:
 
 # ---------------------------------------------------------------- observations
 
-UNLEARNING = ("ga", "gd", "kl", "dpo", "npo", "idk_dpo")
-EDITING = ("rome", "memit", "alphaedit", "grace", "wise")
+# A method's group and label come from its table row (config `experiments.groups` and `labels`),
+# so a method added to the config is judged and printed as the tables show it.
+
+def _label(row) -> str:
+    return row.get("label") or row["method"]
 
 
-def _label(method):
-    return LABELS.get(method, method)
-
-
-def _names(methods) -> str:
-    return ", ".join(_label(m) for m in methods) if methods else "none"
+def _names(rows) -> str:
+    return ", ".join(_label(r) for r in rows) if rows else "none"
 
 
 def _by_method(rows, **where) -> dict:
@@ -167,12 +165,13 @@ def obs1(rows: dict, paper: dict) -> list[dict]:
         unlearning_fails, robust_ok, parts = False, True, []
         for dataset, n in _blocks(t1, model):
             block = _by_method(t1, model=model, dataset=dataset, n_forget=n)
-            nf = [m for m, r in block.items() if r["non_functional"]]
+            nf = [r for r in block.values() if r["non_functional"]]
             # the claim is about unlearning: an editor that breaks is reported, not counted
-            unlearning_fails |= any(m in UNLEARNING for m in nf)
+            unlearning_fails |= any(r["group"] == "unlearning" for r in nf)
             robust_ok &= not any(block[m]["non_functional"] for m in ("wise", "alphaedit") if m in block)
             parts.append(f"{dataset} N={n}: {_names(nf)}")
-        robust = [m for m in ("wise", "alphaedit") if any(r["method"] == m for r in t1 if r["model"] == model)]
+        robust = list({r["method"]: r for r in t1 if r["model"] == model
+                       and r["method"] in ("wise", "alphaedit")}.values())
         holds = (unlearning_fails and robust_ok) if robust else None
         out.append(_obs(1, model, holds,
                         f"Non-functional after unlearning — {'; '.join(parts)}. Holds when an unlearning "
@@ -185,7 +184,7 @@ def obs1(rows: dict, paper: dict) -> list[dict]:
 def _best(block, group):
     best = None
     for m, r in block.items():
-        if m in group and not r["grey"] and _combined(r) is not None:
+        if r["group"] == group and not r["grey"] and _combined(r) is not None:
             if best is None or _combined(r) > _combined(block[best]):
                 best = m
     return best
@@ -199,11 +198,11 @@ def obs2(rows: dict, paper: dict) -> list[dict]:
         gaps, parts = {}, []
         for dataset, n in _blocks(t1, model):
             block = _by_method(t1, model=model, dataset=dataset, n_forget=n)
-            e, u = _best(block, EDITING), _best(block, UNLEARNING)
+            e, u = _best(block, "editing"), _best(block, "unlearning")
             if e and u:
                 gaps[dataset] = _combined(block[e]) - _combined(block[u])
-                parts.append(f"{dataset}: best editing {_label(e)} {_combined(block[e]):.3f} vs best "
-                             f"unlearning {_label(u)} {_combined(block[u]):.3f} ({gaps[dataset]:+.3f})")
+                parts.append(f"{dataset}: best editing {_label(block[e])} {_combined(block[e]):.3f} vs best "
+                             f"unlearning {_label(block[u])} {_combined(block[u]):.3f} ({gaps[dataset]:+.3f})")
         if "factual" not in gaps:
             out.append(_obs(2, model, None, "Needs, on the factual data, an editing and an unlearning "
                             "method outside the greyed rows (broken or forgot nothing)."))
@@ -230,11 +229,11 @@ def obs3(rows: dict, paper: dict) -> list[dict]:
                 parts.append(f"Table 2 ({dataset} N={n}): no rephrase scores outside the greyed rows")
                 continue
             best = min(functional, key=functional.get)
-            worse = [m for m, r in block.items() if m in functional and r.get("delta_rephrase_rouge1_recall") is not None
+            worse = [r for m, r in block.items() if m in functional and r.get("delta_rephrase_rouge1_recall") is not None
                      and r["delta_rephrase_rouge1_recall"] > 0]
             verdicts.append(best == "alphaedit")
             parts.append(f"Table 2 ({dataset} N={n}): lowest rephrase Rouge1 (greyed rows left out): "
-                         f"{_label(best)} {functional[best]:.3f}; forget less when rephrased: {_names(worse)}")
+                         f"{_label(block[best])} {functional[best]:.3f}; forget less when rephrased: {_names(worse)}")
         sizes = sorted({r["n_forget"] for r in t5 if r["model"] == model})
         if len(sizes) >= 2:
             verdict, text = _size_trend(t5, model, sizes[0], sizes[-1], paper)
@@ -262,7 +261,7 @@ def _size_trend(t5, model, lo_n, hi_n, paper) -> tuple[list[bool], str]:
         if _combined(lo.get(m)) is None or _combined(hi.get(m)) is None:
             continue
         a, b = _combined(lo[m]), _combined(hi[m])
-        text = f"{_label(m)} {a:.3f} → {b:.3f}"
+        text = f"{_label(hi[m])} {a:.3f} → {b:.3f}"
         pm = paper_model_for(model, "table5", paper)
         ref = [_paper_combined(paper, pm, hi[m]["dataset"], n, m) for n in (lo_n, hi_n)]
         if hi[m]["grey"]:  # broken, or forgot nothing: it did not keep up
@@ -283,8 +282,8 @@ def obs4(rows: dict, paper: dict) -> list[dict]:
     for model in _models(t1):
         block = _by_method(t1, model=model, dataset="factual")
         scored = [m for m in block if not block[m]["grey"] and _combined(block[m]) is not None]
-        editors = sorted((m for m in scored if m in EDITING), key=lambda m: -_combined(block[m]))
-        unlearning = [m for m in scored if m in UNLEARNING]
+        editors = sorted((m for m in scored if block[m]["group"] == "editing"), key=lambda m: -_combined(block[m]))
+        unlearning = [m for m in scored if block[m]["group"] == "unlearning"]
         if len(editors) < 2 or not unlearning:
             out.append(_obs(4, model, None, "Needs factual Table 1 rows of two editors and an unlearning method "
                             "outside the greyed rows (broken or forgot nothing)."))
@@ -295,8 +294,8 @@ def obs4(rows: dict, paper: dict) -> list[dict]:
             _combined(block[m]) > _combined(block[best_u]) for m in top2)
         out.append(_obs(4, model, holds,
                         "Factual combined scores, greyed rows left out — editors: "
-                        + ", ".join(f"{_label(m)} {_combined(block[m]):.3f}" for m in editors)
-                        + f"; best unlearning: {_label(best_u)} {_combined(block[best_u]):.3f}. "
+                        + ", ".join(f"{_label(block[m])} {_combined(block[m]):.3f}" for m in editors)
+                        + f"; best unlearning: {_label(block[best_u])} {_combined(block[best_u]):.3f}. "
                         "(Paper: WISE and AlphaEdit top the editors and beat all unlearning baselines.)"))
     return out
 
@@ -325,7 +324,7 @@ def obs5(rows: dict, paper: dict) -> list[dict]:
                 improved = a[key] < b[key] if lower else a[key] > b[key]
                 if not (key == "trustworthiness" and m == "wise"):  # the paper itself reports a drop
                     verdicts.append(improved)
-                parts.append(f"{_label(m)} {label} {b[key]:.3f} → {a[key]:.3f}")
+                parts.append(f"{_label(b)} {label} {b[key]:.3f} → {a[key]:.3f}")
         holds = all(verdicts) if verdicts else None
         out.append(_obs(5, model, holds, ("; ".join(parts) or "No rephrase or judge scores to compare")
                         + ". (Paper: rephrase and entailment improve for both; trustworthiness for AlphaEdit.)"))
@@ -342,13 +341,13 @@ def obs6(rows: dict, paper: dict) -> list[dict]:
         plain = _by_method(t5, model=model, n_forget=n)
         baselines = {m: _combined(plain[m]) for m in ("gd", "dpo", "alphaedit")
                      if _combined(plain.get(m)) is not None}
-        bar = max((v for m, v in baselines.items() if m in UNLEARNING), default=None)
+        bar = max((v for m, v in baselines.items() if plain[m]["group"] == "unlearning"), default=None)
         for m in ("rome", "memit"):
             merged = [r for r in t7 if r["model"] == model and r["method"] == m and _combined(r) is not None]
             if not merged:
                 continue
             best = max(merged, key=_combined)
-            text = f"{_label(m)} peaks at m={best['merge']} with {_combined(best):.3f}"
+            text = f"{_label(best)} peaks at m={best['merge']} with {_combined(best):.3f}"
             unmerged = _combined(plain.get(m))
             if unmerged is not None:
                 verdicts.append(_combined(best) > unmerged)
@@ -357,7 +356,7 @@ def obs6(rows: dict, paper: dict) -> list[dict]:
                 verdicts.append(_combined(best) > bar)
             parts.append(text)
         if baselines:
-            parts.append("at the same N: " + ", ".join(f"{_label(m)} {v:.3f}" for m, v in baselines.items()))
+            parts.append("at the same N: " + ", ".join(f"{_label(plain[m])} {v:.3f}" for m, v in baselines.items()))
         if not plain:
             parts.append(f"Table 5 has no N={n} rows, so no unmerged, GD or DPO score to compare with")
         holds = all(verdicts) if verdicts else None
@@ -419,16 +418,16 @@ def _markdown(values, taus, obs) -> str:
     tau_of = {(t["table"], t["model"], t["dataset"], t["n_forget"], t["column"]): t["kendall_tau"] for t in taus}
     for (table, model, pm, dataset, n), vals in blocks.items():
         cols = list(dict.fromkeys(v["column"] for v in vals))
-        methods = list(dict.fromkeys(v["method"] for v in vals))
+        methods = {v["method"]: v["label"] for v in vals}
         cell = {(v["method"], v["column"]): v for v in vals}
         lines += [f"## Table {table[len('table'):]}: {model} vs paper {pm} — {dataset}, {n} forget samples", ""]
         heads = [f"{SPLIT_LABELS[c.split('_', 1)[0]]} {METRIC_LABELS[c.split('_', 1)[1]]}" for c in cols]
         lines.append("| Method | " + " | ".join(heads) + " |")
         lines.append("|---|" + "---:|" * len(cols))
-        for m in methods:
+        for m, label in methods.items():
             cells = [f"{cell[(m, c)]['pipeline']:.3f} / {cell[(m, c)]['paper']:.3f}" if (m, c) in cell else "–"
                      for c in cols]
-            lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         taus_row = [tau_of.get((table, model, dataset, n, c)) for c in cols]
         lines.append("| Kendall τ | " + " | ".join("–" if t is None else f"{t:+.2f}" for t in taus_row) + " |")
         lines.append("")

@@ -155,3 +155,9 @@ def test_fig3_and_fig4_draw_the_scores_of_the_summaries(config, tmp_path, monkey
             if s["non_functional"] or forget(s) >= forget(start[d, n])}
     hatched = {round(b.get_height(), 9) for b in bars if b.get_hatch()}
     assert hatched == grey and {"ga", "kl"} <= {m for (d, m, n), s in jobs.items() if s["non_functional"]}
+
+
+def test_a_method_added_by_the_user_gets_its_own_colour_not_the_starting_models_grey():
+    added = [figures._colour(m) for m in ("npo_rt", "my_method", "rmu")]
+    assert added == [figures._colour(m) for m in ("npo_rt", "my_method", "rmu")]  # same in every figure
+    assert not set(added) & (set(figures.COLOURS.values()) | {"#555555", "#555"})

@@ -26,6 +26,14 @@ from fake_results import write_experiment
 
 PAPER_METHODS = ["ga", "gd", "kl", "dpo", "rome", "memit", "grace", "wise", "alphaedit"]
 METRICS = ["rouge1_recall", "prob", "mrr", "hit_rate"]
+with open(os.path.join(os.path.dirname(__file__), os.pardir, "config.yaml")) as _f:
+    DEFAULT_EXPERIMENTS = yaml.safe_load(_f)["experiments"]
+
+
+def method_fields(method):
+    """A table CSV row's method, label and group, as the default config prints them."""
+    group = next(g for g, members in DEFAULT_EXPERIMENTS["groups"].items() if method in members)
+    return {"method": method, "label": DEFAULT_EXPERIMENTS["labels"][method], "group": group}
 
 
 @pytest.fixture
@@ -365,7 +373,7 @@ def _paper_as_pipeline_tables():
             t1 = {c: paper[("table1", "Llama2-7B", dataset, n, method, c)]
                   for c in ("forget_rouge1_recall", "retain_rouge1_recall")} if name == "table2" else values
             f, r = t1["forget_rouge1_recall"], t1["retain_rouge1_recall"]
-            record = {"model": "llama2-7b-chat", "dataset": dataset, "n_forget": str(n), "method": method,
+            record = {"model": "llama2-7b-chat", "dataset": dataset, "n_forget": str(n), **method_fields(method),
                       "target": "idk", "merge": "1", "reference": "0", "no_forgetting": "0",
                       "non_functional": "1" if f < 0.05 and r < 0.05 else "0",
                       "combined_score": repr(1 - f + r), **{k: repr(v) for k, v in values.items()}}
@@ -390,6 +398,22 @@ def test_obs1_counts_only_unlearning_methods_that_break():
     assert obs["holds"] == "no" and "ROME" in obs["evidence"], obs
 
 
+def test_observations_judge_a_method_by_its_config_group_and_print_its_label():
+    tables = _paper_as_pipeline_tables()
+    for r in tables["table1"]:  # the paper's GA renamed to a method of the user's; KL made functional
+        if r["method"] == "ga":
+            r.update(method="my_unlearning", label="Mine", group="unlearning")
+        if r["method"] == "kl":
+            r["non_functional"] = "0"
+    (obs,) = [o for o in observations(tables) if o["observation"] == 1]
+    assert obs["holds"] == "yes" and "Mine" in obs["evidence"], obs
+    for r in tables["table1"]:  # the same rows grouped as editing: no unlearning method breaks
+        if r["method"] == "my_unlearning":
+            r["group"] = "editing"
+    (obs,) = [o for o in observations(tables) if o["observation"] == 1]
+    assert obs["holds"] == "no", obs
+
+
 def test_obs3_over_fewer_sizes_does_not_fail_the_paper_on_its_own_numbers():
     # the paper's WISE falls from N=20 to N=60 (1.450 -> 1.390) before rising to 1.670 at N=100
     tables = _paper_as_pipeline_tables()
@@ -409,7 +433,7 @@ def test_obs3_over_fewer_sizes_does_not_fail_the_paper_on_its_own_numbers():
 def test_obs6_says_when_table5_lacks_the_merged_size():
     tables = _paper_as_pipeline_tables()
     tables["table5"] = [r for r in tables["table5"] if int(r["n_forget"]) <= 60]
-    tables["table7"] = [{"model": "llama2-7b-chat", "dataset": "factual", "n_forget": "80", "method": m,
+    tables["table7"] = [{"model": "llama2-7b-chat", "dataset": "factual", "n_forget": "80", **method_fields(m),
                          "target": "idk", "merge": "5", "reference": "0", "no_forgetting": "0",
                          "non_functional": "0", "combined_score": "1.6"} for m in ("rome", "memit")]
     (obs,) = [o for o in observations(tables) if o["observation"] == 6]
@@ -417,7 +441,7 @@ def test_obs6_says_when_table5_lacks_the_merged_size():
 
 
 def _table6_row(method, target, **values):
-    return {"model": "smollm2-135m", "dataset": "factual", "n_forget": "20", "method": method,
+    return {"model": "smollm2-135m", "dataset": "factual", "n_forget": "20", **method_fields(method),
             "target": target, "merge": "1", "reference": "0", "no_forgetting": "0",
             "non_functional": "0", **{k: "" if v is None else repr(v) for k, v in values.items()}}
 
