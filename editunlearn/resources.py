@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 KEYS = ("gpu", "threads", "mem_mb", "runtime")
+OPTIONAL_KEYS = ("gpu_model",)  # None where unset: Snakemake then leaves the resource out
 RULE_GROUPS = ("finetune", "unlearn", "evaluate")
 
 
@@ -24,23 +25,33 @@ def model_class(config: dict, model: str) -> str:
 
 
 def job_resources(config: dict, model: str, group: str) -> dict:
-    """``gpu``, ``threads``, ``mem_mb`` and ``runtime`` (minutes) of one model job: its model's
-    size class, with the class's ``per_rule.<group>`` overrides on top."""
+    """``gpu``, ``threads``, ``mem_mb``, ``runtime`` (minutes) and ``gpu_model`` (SLURM's GPU
+    type, or None) of one model job: its model's size class, with the class's
+    ``per_rule.<group>`` overrides on top."""
     if group not in RULE_GROUPS:
         raise ValueError(f"unknown rule group {group!r} (known: {', '.join(RULE_GROUPS)})")
     cls = config["resources"]["classes"][model_class(config, model)]
-    out = {k: cls[k] for k in KEYS}
+    out = {k: cls.get(k) for k in KEYS + OPTIONAL_KEYS}
     out.update((cls.get("per_rule") or {}).get(group, {}))
     return out
 
 
 def check_resources(config: dict, messages: list[str]) -> None:
-    """Cross-references the schema cannot check: class names and model names."""
+    """What the schema cannot check: class and model names, a GPU type for jobs without a GPU."""
     block = config["resources"]
     classes = block["classes"]
     if block["default_class"] not in classes:
         messages.append(f"config key 'resources.default_class': no class {block['default_class']!r} "
                         f"under resources.classes (known: {', '.join(classes)})")
+    for name, cls in classes.items():
+        # SLURM's plugin turns a GPU type with gpu=0 into `--gpus=<type>:0`
+        per_rule = cls.get("per_rule") or {}
+        for where, override in [("", {}), *((f".per_rule.{g}", v) for g, v in per_rule.items()
+                                             if {"gpu", "gpu_model"} & set(v))]:
+            values = {**cls, **override}
+            if values.get("gpu_model") and values["gpu"] == 0:
+                messages.append(f"config key 'resources.classes.{name}{where}.gpu_model': a GPU type "
+                                f"for jobs that ask for no GPU (gpu: 0); set gpu to 1 or more, or drop it")
     for model, cls in (block.get("models") or {}).items():
         if model not in config["models"]:
             messages.append(f"config key 'resources.models.{model}': unknown model "

@@ -47,10 +47,10 @@ def model_job_threads(group):
 
 
 def model_job_resources(group):
-    """gpu, mem_mb and runtime (minutes) of a model job, for `resources: **model_job_resources(g)`:
-    what a SLURM job asks for (profiles/slurm) and what `--resources gpu=N` counts locally.
-    Not params: changing them reruns nothing."""
-    return {key: _model_job_value(group, key) for key in ("gpu", "mem_mb", "runtime")}
+    """gpu, mem_mb, runtime (minutes) and gpu_model (unset: None) of a model job, for
+    `resources: **model_job_resources(g)`: what a SLURM job asks for (profiles/slurm) and what
+    `--resources gpu=N` counts locally. Not params: changing them reruns nothing."""
+    return {key: _model_job_value(group, key) for key in ("gpu", "mem_mb", "runtime", "gpu_model")}
 
 
 def model_spec(model):

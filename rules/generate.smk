@@ -71,11 +71,12 @@ def llm_resources(task):
             s = _llm(task, w)
             if s["backend"] == "local":
                 return 0 if key == "llm_requests" else job_resources(config, s["model"], "evaluate")[key]
-            return {"gpu": 0, "mem_mb": 2000, "runtime": 240, "llm_requests": s["concurrency"]}[key]
+            return {"gpu": 0, "mem_mb": 2000, "runtime": 240, "gpu_model": None,
+                    "llm_requests": s["concurrency"]}[key]
 
         return get
 
-    return {key: value(key) for key in ("gpu", "mem_mb", "runtime", "llm_requests")}
+    return {key: value(key) for key in ("gpu", "mem_mb", "runtime", "gpu_model", "llm_requests")}
 
 
 # light where they call a remote API (compute nodes rarely reach the internet); a local model on

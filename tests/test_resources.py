@@ -41,6 +41,11 @@ def test_size_classes_and_per_rule_overrides(config):
     (lambda c: c["resources"]["classes"]["gpu-7b"].update(mem_mb="40G"), "resources.classes.gpu-7b.mem_mb"),
     (lambda c: c["resources"]["classes"]["gpu-7b"]["per_rule"].update(table={}),
      "resources.classes.gpu-7b.per_rule.table"),
+    # SLURM would be asked for `--gpus=a100:0`
+    (lambda c: c["resources"]["classes"]["cpu-small"].update(gpu_model="a100"),
+     "resources.classes.cpu-small.gpu_model"),
+    (lambda c: c["resources"]["classes"]["gpu-7b"].update(gpu_model="a100", per_rule={"evaluate": {"gpu": 0}}),
+     "resources.classes.gpu-7b.per_rule.evaluate.gpu_model"),
 ])
 def test_bad_resources_name_the_key(config, mutate, key):
     bad = copy.deepcopy(config)
@@ -50,11 +55,11 @@ def test_bad_resources_name_the_key(config, mutate, key):
     assert f"'{key}" in str(err.value)
 
 
-def planned_jobs(snakemake_exe, repo, tmp_path, run):
-    """Dry run of the workflow with config `run: <run>`: rule name -> the printed block of each
-    of its planned jobs."""
+def planned_jobs(snakemake_exe, repo, tmp_path, run, more_config=""):
+    """Dry run of the workflow with config `run: <run>` (and `more_config`, YAML): rule name -> the
+    printed block of each of its planned jobs."""
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"run: {run}\n")
+    cfg.write_text(f"run: {run}\n{more_config}")
     proc = subprocess.run([snakemake_exe, "-n", "--snakefile", str(repo / "Snakefile"),
                            "--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "16"],
                           capture_output=True, text=True, timeout=300)
@@ -82,6 +87,20 @@ def test_rules_ask_for_the_configured_resources(snakemake_exe, repo, tmp_path):
         assert threads == 8 and {"gpu": "1", "runtime": runtime, "mem_mb": mem_mb}.items() <= resources.items()
     for rule in ("fetch_data", "make_split", "idk_targets", "prepare_model", "summarize_setting"):
         assert "gpu=" not in blocks[rule], rule
+
+
+def test_a_gpu_type_reaches_only_the_jobs_of_its_class(snakemake_exe, repo, tmp_path):
+    """`gpu_model` on the 7B class: its jobs ask SLURM for that GPU type, the embedded model's jobs
+    and the rephrases it writes (CPU) do not (they would ask for `--gpus=a100:0`)."""
+    more = "resources: {classes: {gpu-7b: {gpu_model: a100}}}\n"
+    jobs = planned_jobs(snakemake_exe, repo, tmp_path,
+                        "{models: [llama2-7b-chat, smollm2-135m], datasets: [factual], methods: [base]}", more)
+    by_model = {}
+    for rule in ("unlearn", "evaluate_split", "evaluate_rephrase", "rephrase"):
+        for block in jobs[rule]:
+            model = re.search(r"model=([\w.\-]+)", block)
+            by_model.setdefault(model.group(1) if model else "llm", set()).add("gpu_model=a100" in block)
+    assert by_model == {"llama2-7b-chat": {True}, "smollm2-135m": {False}, "llm": {False}}, by_model
 
 
 def test_long_shared_jobs_start_on_the_first_free_core(snakemake_exe, repo, tmp_path):
