@@ -126,7 +126,7 @@ def fig3(desc, png, pdf, root="."):
 
 
 def fig4(desc, png, pdf, root="."):
-    """Left: 1 - Rouge1@Forget + Rouge1@Retain per method and dataset; right: radar of Forget,
+    """Top: 1 - Rouge1@Forget + Rouge1@Retain per method and dataset; bottom: radar of Forget,
     Rephrase and Retain on the first dataset."""
     exp = desc["parts"]["main"]
     rows = build_rows(desc, "main", root)
@@ -186,6 +186,7 @@ def fig4(desc, png, pdf, root="."):
             pax.fill(angles + angles[:1], vals + vals[:1], color=_colour(method), alpha=0.08)
         pax.set_xticks(angles, [n + ("\n(not evaluated)" if n.startswith("Rephrase") and missing_rephrase else "")
                                 for n in axes_names])
+        pax.tick_params(axis="x", pad=7)  # the axis names clear the outer ring and its spokes
         pax.set_ylim(0, 1)
         pax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "0.5", "", "1"], fontsize=5.5)
         pax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=4, frameon=False)
