@@ -1,6 +1,9 @@
 """Figures 3-6 from fixed fake summaries: produced, non-empty, column width, reproducible."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -158,6 +161,12 @@ def test_fig3_and_fig4_draw_the_scores_of_the_summaries(config, tmp_path, monkey
 
 
 def test_a_method_added_by_the_user_gets_its_own_colour_not_the_starting_models_grey():
-    added = [figures._colour(m) for m in ("npo_rt", "my_method", "rmu")]
-    assert added == [figures._colour(m) for m in ("npo_rt", "my_method", "rmu")]  # same in every figure
+    names = ("npo_rt", "my_method", "rmu")
+    added = [figures._colour(m) for m in names]
     assert not set(added) & (set(figures.COLOURS.values()) | {"#555555", "#555"})
+    # each figure is drawn by its own process: the colour must not depend on Python's hash seed
+    code = f"from editunlearn.figures import _colour; print([_colour(m) for m in {names!r}])"
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        assert out.strip() == repr(added)
