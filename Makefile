@@ -12,7 +12,9 @@ ifeq ($(origin MEM_MB), undefined)
 MEM_MB := $(shell awk '/^MemAvailable:/ {print int($$2 / 1024 * 0.8)}' /proc/meminfo 2>/dev/null \
 	|| sysctl -n hw.memsize 2>/dev/null | awk '{print int($$1 / 1048576 * 0.6)}')
 endif
-RUN_ARGS := --cores $(CORES) $(if $(MEM_MB),--resources mem_mb=$(MEM_MB)) $(ARGS)
+# `--resources=...` (one value) rather than `--resources ...` (a list): otherwise a target in ARGS,
+# `make reproduce ARGS=table1`, would be read as one more resource.
+RUN_ARGS := --cores $(CORES) $(if $(MEM_MB),--resources=mem_mb=$(MEM_MB)) $(ARGS)
 
 .PHONY: reproduce smoke test setup dry-run clean-results
 

@@ -3,6 +3,7 @@
 import copy
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -206,7 +207,17 @@ def test_make_reproduce_budgets_memory(repo):
     jobs' summed mem_mb at 80% of the memory free now, unless MEM_MB says otherwise."""
     with open("/proc/meminfo") as f:
         available_mb = int(re.search(r"^MemAvailable:\s+(\d+) kB", f.read(), re.M).group(1)) // 1024
-    budget = int(re.search(r"--resources mem_mb=(\d+)", _make_reproduce_line(repo)).group(1))
+    budget = int(re.search(r"--resources=mem_mb=(\d+)", _make_reproduce_line(repo)).group(1))
     assert 0.6 * available_mb < budget < available_mb
-    assert "--resources mem_mb=1234 " in _make_reproduce_line(repo, "MEM_MB=1234") + " "
+    assert "--resources=mem_mb=1234 " in _make_reproduce_line(repo, "MEM_MB=1234") + " "
     assert "--resources" not in _make_reproduce_line(repo, "MEM_MB=")
+
+
+def test_make_reproduce_passes_a_target_in_args(repo):
+    """`make reproduce ARGS=table3` builds Table 3: the memory budget before it must not swallow
+    the target as one more resource (Snakemake's --resources takes a list)."""
+    from snakemake.cli import parse_args
+    line = _make_reproduce_line(repo, "MEM_MB=1234", "ARGS=table3 fig4")
+    _, args = parse_args(shlex.split(line.split("bin/snakemake", 1)[1]))
+    assert args.targets == ["table3", "fig4"]
+    assert args.resources["mem_mb"].value == 1234
