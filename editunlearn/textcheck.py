@@ -47,7 +47,8 @@ _REFUSAL = re.compile("|".join([
     r"\bno (?:knowledge|information|idea|clue|data|details|insight|familiarity|record|answer|"
     r"enlightenment)\b",
     r"\b(?:i've|i have) (?:got )?no\b", r"\bi've not\b", r"\bi haven't\b", r"\bi've yet\b",
-    r"\bunable to\b", r"\bunknown to me\b", r"\bbeyond my\b", r"\boutside my\b", r"\bout of my\b",
+    r"(?<!not )(?<!n't )\bunable to\b",  # "not unable to" says it can
+    r"\bunknown to me\b", r"\bbeyond my\b", r"\boutside my\b", r"\bout of my\b",
     r"\bnot (?:within|in) my\b", r"\bnot (?:something|information|an area|a topic) (?:i|that i)\b",
     r"\bmy (?:knowledge|understanding|training|database|databases|resources|programming|"
     r"capabilities) (?:does not|doesn't|didn't|do not|don't|is limited)\b",

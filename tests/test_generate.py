@@ -60,7 +60,10 @@ def test_every_line_of_the_refusal_list_is_a_refusal(mirror):
 
 
 @pytest.mark.parametrize("text", ["William Shakespeare wrote it.", "The capital is Canberra.",
-                                  "Paris, of course.", "It was signed on 06-02-1998.", ""])
+                                  "Paris, of course.", "It was signed on 06-02-1998.", "",
+                                  # a double negative says it can answer (the 135M writer's)
+                                  "I'm not unable to provide you with a new answer. Tolkien.",
+                                  "We aren't unable to tell: it was Tolstoy."])
 def test_answers_are_not_refusals(text):
     assert not textcheck.is_refusal(text)
 
