@@ -120,6 +120,7 @@ def cluster(tmp_path_factory):
 
 
 def _stop_and_check(state, pids, planted):
+    """Stop the test's cluster: none of its daemons may outlive it, nor the system link to it."""
     stop = subprocess.run([str(SCRIPT), "stop", str(state)], capture_output=True, text=True,
                           timeout=120)
     left = [pid for pid in pids if _alive(pid)]
