@@ -56,13 +56,14 @@ def test_bad_resources_name_the_key(config, mutate, key):
     assert f"'{key}" in str(err.value)
 
 
-def planned_jobs(snakemake_exe, repo, tmp_path, run, more_config=""):
-    """Dry run of the workflow with config `run: <run>` (and `more_config`, YAML): rule name -> the
-    printed block of each of its planned jobs."""
+def planned_jobs(snakemake_exe, repo, tmp_path, run, more_config="", options=()):
+    """Dry run of the workflow with config `run: <run>` (and `more_config`, YAML; more Snakemake
+    `options`): rule name -> the printed block of each of its planned jobs."""
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"run: {run}\n{more_config}")
     proc = subprocess.run([snakemake_exe, "-n", "--snakefile", str(repo / "Snakefile"),
-                           "--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "16"],
+                           "--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "16",
+                           *options],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     jobs = {}
@@ -104,6 +105,26 @@ def test_a_gpu_type_reaches_only_the_jobs_of_its_class(snakemake_exe, repo, tmp_
     assert by_model == {"llama2-7b-chat": {True}, "smollm2-135m": {False}, "llm": {False}}, by_model
 
 
+@pytest.mark.parametrize("examples", ["as shipped", "EDIT examples uncommented"])
+def test_the_slurm_profile_is_accepted(snakemake_exe, repo, tmp_path, examples):
+    """`--workflow-profile profiles/slurm` (what the README tells cluster users to run; the SLURM
+    test runs profiles/slurm-test) plans the workflow: Snakemake and the pinned SLURM plugin know
+    every option in it, also the commented examples a user switches on."""
+    text = (repo / "profiles" / "slurm" / "config.yaml").read_text()
+    if examples != "as shipped":
+        text, uncommented = re.subn(r"^(\s*)# (\s*)([a-z][a-z_-]*:(?: |$))", r"\1\2\3", text, flags=re.M)
+        assert uncommented >= 8, uncommented
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    (profile / "config.yaml").write_text(text)
+    jobs = planned_jobs(snakemake_exe, repo, tmp_path,
+                        "{models: [smollm2-135m], datasets: [factual], methods: [base]}",
+                        options=["--workflow-profile", str(profile)])
+    assert {"unlearn", "evaluate_split", "table1"} <= set(jobs)
+    if examples != "as shipped":
+        assert all("slurm_partition=gpu-short" in block for block in jobs["evaluate_split"])
+
+
 def test_long_shared_jobs_start_on_the_first_free_core(snakemake_exe, repo, tmp_path):
     """The fine-tune, key corpus and rephrases, which many jobs wait for, outrank those jobs and
     ask for one thread: Snakemake reserves no cores, so a multi-thread job would wait behind every
@@ -122,6 +143,18 @@ def test_long_shared_jobs_start_on_the_first_free_core(snakemake_exe, repo, tmp_
         assert priority > 0 and threads == 1, (rule, priority, threads)
     for rule in ("unlearn", "evaluate_split", "evaluate_rephrase", "key_stats"):
         assert jobs[rule] == {(0, 1)}, (rule, jobs[rule])
+
+
+def test_a_job_asking_for_more_memory_than_the_budget_runs_alone(snakemake_exe, repo, tmp_path):
+    """On a small machine `make reproduce`'s budget (`--resources mem_mb=N`) is below the
+    fine-tune's 8 GB ask. Snakemake cuts a job's ask to the budget, so the fine-tune runs alone
+    instead of the run stopping ("Job needs mem_mb=8000 but only ... are available"); the README
+    relies on this."""
+    jobs = planned_jobs(snakemake_exe, repo, tmp_path,
+                        "{models: [smollm2-135m], datasets: [pistol], methods: [base]}",
+                        options=["--resources=mem_mb=4000"])
+    for rule, expected in (("finetune", "4000"), ("unlearn", "3000")):
+        assert {re.search(r"mem_mb=(\d+)", block).group(1) for block in jobs[rule]} == {expected}
 
 
 @pytest.fixture
@@ -195,10 +228,14 @@ def test_claim_gpus_leaves_made_choices_alone(tmp_path, monkeypatch, gpu, device
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == env.get("CUDA_VISIBLE_DEVICES")
 
 
-def _make_reproduce_line(repo, *assignments):
+def _make_reproduce_lines(repo, *assignments):
     out = subprocess.run(["make", "-n", "-C", str(repo), "reproduce", *assignments],
                          capture_output=True, text=True, timeout=60, check=True).stdout
-    return next(line for line in out.splitlines() if "bin/snakemake" in line)
+    return [line for line in out.splitlines() if "bin/snakemake" in line]
+
+
+def _make_reproduce_line(repo, *assignments):
+    return _make_reproduce_lines(repo, *assignments)[0]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="the default budget reads /proc/meminfo")
@@ -214,10 +251,12 @@ def test_make_reproduce_budgets_memory(repo):
 
 
 def test_make_reproduce_passes_a_target_in_args(repo):
-    """`make reproduce ARGS=table3` builds Table 3: the memory budget before it must not swallow
-    the target as one more resource (Snakemake's --resources takes a list)."""
+    """`make reproduce ARGS=table3` builds Table 3 (the memory budget before it must not swallow
+    the target as one more resource: Snakemake's --resources takes a list), then the report of
+    what it built."""
     from snakemake.cli import parse_args
-    line = _make_reproduce_line(repo, "MEM_MB=1234", "ARGS=table3 fig4")
-    _, args = parse_args(shlex.split(line.split("bin/snakemake", 1)[1]))
-    assert args.targets == ["table3", "fig4"]
-    assert args.resources["mem_mb"].value == 1234
+    run, report = (parse_args(shlex.split(line.split("bin/snakemake", 1)[1]))[1]
+                   for line in _make_reproduce_lines(repo, "MEM_MB=1234", "ARGS=table3 fig4"))
+    assert run.targets == ["table3", "fig4"] and run.report is None
+    assert run.resources["mem_mb"].value == 1234
+    assert report.targets == ["table3", "fig4"] and str(report.report) == "report.html"
