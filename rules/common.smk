@@ -25,7 +25,6 @@ wildcard_constraints:
 
 RESULTS = "results"
 FINETUNE_MODULE = finetune_module.__file__
-CONDA_ENV = "../envs/editunlearn.yaml"  # used with --sdm conda by the model jobs
 # The long jobs many others wait for (the PISTOL fine-tune, the key corpus, the rephrases) start
 # first when a core frees. Snakemake reserves no cores: a job asking for more threads than are
 # free at that moment waits behind any number of smaller ready jobs, so these ask for no more

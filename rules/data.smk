@@ -20,8 +20,6 @@ rule fetch_data:
             else None
         ),
         download=config["data"]["download"],
-    conda:
-        CONDA_ENV
     log:
         "logs/data/fetch_{file}.log",
     script:
@@ -34,8 +32,6 @@ rule make_split:
         factual="resources/data/factual_data.json",
     output:
         "resources/splits/{dataset}/n{n}_s{seed}.json",
-    conda:
-        CONDA_ENV
     log:
         "logs/splits/{dataset}/n{n}_s{seed}.log",
     script:
@@ -48,8 +44,6 @@ rule idk_targets:
         refusals="resources/data/idontknow.jsonl",
     output:
         "resources/targets/{dataset}/n{n}_s{seed}/idk.jsonl",
-    conda:
-        CONDA_ENV
     log:
         "logs/targets/{dataset}/n{n}_s{seed}_idk.log",
     script:

@@ -21,8 +21,6 @@ rule evaluate_split:
     threads: model_job_threads("evaluate")
     resources:
         **model_job_resources("evaluate"),
-    conda:
-        CONDA_ENV
     log:
         "logs/{model}/{dataset}/{method}/{setting}/eval_{split}.log",
     benchmark:
@@ -36,8 +34,6 @@ rule summarize_setting:
         lambda w: [f"{job_dir(w)}/eval/{split}.summary.json" for split in eval_splits(w.dataset)],
     output:
         f"{RESULTS}/{{model}}/{{dataset}}/{{method}}/{{setting}}/summary.json",
-    conda:
-        CONDA_ENV
     log:
         "logs/{model}/{dataset}/{method}/{setting}/summary.log",
     script:
@@ -67,8 +63,6 @@ rule evaluate_rephrase:
     threads: model_job_threads("evaluate")
     resources:
         **model_job_resources("evaluate"),
-    conda:
-        CONDA_ENV
     log:
         "logs/{model}/{dataset}/{method}/{setting}/eval_rephrase.log",
     benchmark:

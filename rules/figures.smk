@@ -24,8 +24,6 @@ for _figure in ("fig3", "fig4", "fig6"):
         params:
             name=_figure,
             experiment=experiment_params(_figure),
-        conda:
-            CONDA_ENV
         log:
             f"logs/figures/{_figure}.log",
         script:
@@ -50,8 +48,6 @@ rule fig5:
     params:
         name="fig5",
         experiment=experiment_params("fig5"),
-    conda:
-        CONDA_ENV
     log:
         "logs/figures/fig5.log",
     script:

@@ -18,8 +18,6 @@ rule finetune:
     priority: CRITICAL_PATH_PRIORITY
     resources:
         **model_job_resources("finetune"),
-    conda:
-        CONDA_ENV
     log:
         main="logs/finetune/{model}/{dataset}.log",
         report="logs/finetune/{model}/{dataset}.report.json",

@@ -112,8 +112,6 @@ rule rephrase:
     priority: CRITICAL_PATH_PRIORITY
     resources:
         **llm_resources("rephrase"),
-    conda:
-        CONDA_ENV
     log:
         "logs/generated/{dataset}/rephrases.log",
     benchmark:
@@ -141,8 +139,6 @@ rule self_improve_targets:
     threads: llm_threads("self_improve")
     resources:
         **llm_resources("self_improve"),
-    conda:
-        CONDA_ENV
     log:
         "logs/targets/{dataset}/n{n}_s{seed}_{model}_self-improve.log",
     benchmark:

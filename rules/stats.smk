@@ -80,8 +80,6 @@ rule key_corpus:
     priority: CRITICAL_PATH_PRIORITY
     resources:
         **model_job_resources("unlearn"),
-    conda:
-        CONDA_ENV
     log:
         "logs/key_stats/{model}/corpus_{corpus}_n{n}.log",
     benchmark:
@@ -105,8 +103,6 @@ rule key_stats:
     threads: model_job_threads("unlearn")
     resources:
         **model_job_resources("unlearn"),
-    conda:
-        CONDA_ENV
     log:
         "logs/key_stats/{model}/{start}/{corpus}_n{n}.log",
     benchmark:

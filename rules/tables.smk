@@ -14,8 +14,6 @@ rule table_base_models:
     output:
         csv="results/tables/base_models.csv",
         md="results/tables/base_models.md",
-    conda:
-        CONDA_ENV
     log:
         "logs/tables/base_models.log",
     script:
@@ -51,8 +49,6 @@ for _table in experiments_grid.TABLES:
         params:
             name=_table,
             experiment=experiment_params(_table),
-        conda:
-            CONDA_ENV
         log:
             f"logs/tables/{_table}.log",
         script:
@@ -81,8 +77,6 @@ rule paper_comparison:
         ),
     params:
         tables=comparison_tables(),
-    conda:
-        CONDA_ENV
     log:
         "logs/tables/paper_comparison.log",
     script:

@@ -17,8 +17,6 @@ rule unlearn:
     threads: model_job_threads("unlearn")
     resources:
         **model_job_resources("unlearn"),
-    conda:
-        CONDA_ENV
     log:
         "logs/{model}/{dataset}/{method}/{setting}/unlearn.log",
     benchmark:
