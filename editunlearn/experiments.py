@@ -55,6 +55,10 @@ class Cell:
         return f"{self.job_dir}/eval/{split}.jsonl"
 
     @property
+    def targets(self) -> str:
+        return Setting(self.n, self.seed, self.merge, self.target).targets_path(self.dataset, self.model)
+
+    @property
     def judge(self) -> str:
         return f"{self.job_dir}/judge.json"
 

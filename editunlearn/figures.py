@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from .experiments import Cell  # noqa: E402
+from .settings import SELF_IMPROVE_TARGET  # noqa: E402
 from .io import atomic_path, read_jsonl, write_text  # noqa: E402
 from .tables import build_rows, model_titles, reference_label  # noqa: E402
 
@@ -197,21 +198,26 @@ def fig4(desc, png, pdf, root="."):
 # ---------------------------------------------------------------- Figure 5
 
 
+FELL_BACK = "fell back to idk"
+
+
 def case_study(desc, root="."):
     """[(question, answer, [(label, generation)])] for the `questions` forget questions the
     starting model answered best (highest Rouge1; ties by dataset order), or the first ones
-    where the tables have no starting-model row (``experiments.reference: null``)."""
+    where the tables have no starting-model row (``experiments.reference: null``). A
+    self-improve job's label says where the model wrote no valid target for the question and the
+    idk one stood in (then its answer is the idk job's, not a test of self-improvement)."""
     exp = desc["parts"]["main"]
     model, _ = _first_model(desc)
     cells = [c for c in exp["cells"] if c["model"] == model]
     first = cells[0]
     seed = first["seed"]
     k = exp["grid"].get("questions", 2)
-    rows = []
+    rows = []  # (label, {id: record}, ids whose self-improved target fell back)
     if desc["reference"]:
         base = Cell(model, first["dataset"], first["n"], seed, desc["reference"])
         records = read_jsonl(f"{root}/{base.records('forget')}")
-        rows.append((desc["labels"].get(base.method, base.method), {r["id"]: r for r in records}))
+        rows.append((desc["labels"].get(base.method, base.method), {r["id"]: r for r in records}, set()))
         ranked = sorted(range(len(records)), key=lambda i: (-records[i].get("rouge1_recall", 0), i))
         chosen = [records[i] for i in ranked[:k]]
     else:
@@ -221,9 +227,13 @@ def case_study(desc, root="."):
             continue
         cell = Cell(**_cell_fields(c))
         label = desc["labels"].get(cell.method, cell.method) + (f" ({cell.target})" if cell.target != "idk" else "")
-        rows.append((label, {r["id"]: r for r in read_jsonl(f"{root}/{cell.records('forget')}")}))
-    return [(q["question"], q["answer"], [(label, recs.get(q["id"], {}).get("generation", "–"))
-                                          for label, recs in rows]) for q in chosen]
+        fell_back = ({t["id"] for t in read_jsonl(f"{root}/{cell.targets}") if t.get("fallback")}
+                     if cell.target == SELF_IMPROVE_TARGET else set())
+        rows.append((label, {r["id"]: r for r in read_jsonl(f"{root}/{cell.records('forget')}")}, fell_back))
+    return [(q["question"], q["answer"],
+             [(label[:-1] + f", {FELL_BACK})" if q["id"] in fell_back else label,
+               recs.get(q["id"], {}).get("generation", "–")) for label, recs, fell_back in rows])
+            for q in chosen]
 
 
 def _cell_fields(c: dict) -> dict:

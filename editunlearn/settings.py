@@ -39,6 +39,17 @@ class Setting:
         """Settings that share forget size and seed share one split file."""
         return f"n{self.n_forget}_s{self.seed}"
 
+    def targets_path(self, dataset: str, model: str) -> str:
+        """The refusal targets of the forget items, of this setting's kind. Self-improved targets
+        are written by the model under study, so they are per model."""
+        folder = f"resources/targets/{dataset}/{self.split_name}"
+        if self.target == SELF_IMPROVE_TARGET:
+            return f"{folder}/{model}/{SELF_IMPROVE_TARGET}.jsonl"
+        if self.target not in TARGET_KINDS:
+            raise ValueError(f"setting {self}: unknown refusal-target kind {self.target!r} "
+                             f"(known: {', '.join(TARGET_KINDS)})")
+        return f"{folder}/{self.target}.jsonl"
+
     def __str__(self) -> str:
         text = self.split_name
         if self.merge != 1:

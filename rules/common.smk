@@ -10,7 +10,7 @@ from editunlearn import metrics as metrics_module
 from editunlearn import finetune as finetune_module
 from editunlearn.models import ModelSpec
 from editunlearn.resources import job_resources
-from editunlearn.settings import SELF_IMPROVE_TARGET, SETTING_RE, TARGET_KINDS, Setting
+from editunlearn.settings import SELF_IMPROVE_TARGET, SETTING_RE, Setting
 
 
 wildcard_constraints:
@@ -108,16 +108,8 @@ def eval_splits(dataset):
 
 
 def targets_file(w):
-    """Refusal targets of the forget items, of the kind the setting names (default idk).
-    Self-improved targets are written by the model under study, so they are per model."""
-    setting = Setting.parse(w.setting)
-    folder = f"resources/targets/{w.dataset}/{setting.split_name}"
-    if setting.target == SELF_IMPROVE_TARGET:
-        return f"{folder}/{w.model}/{SELF_IMPROVE_TARGET}.jsonl"
-    if setting.target not in TARGET_KINDS:
-        raise ValueError(f"setting {w.setting!r}: unknown refusal-target kind {setting.target!r} "
-                         f"(known: {', '.join(TARGET_KINDS)})")
-    return f"{folder}/{setting.target}.jsonl"
+    """Refusal targets of the forget items, of the kind the setting names (default idk)."""
+    return Setting.parse(w.setting).targets_path(w.dataset, w.model)
 
 
 def job_dir(w):
@@ -201,6 +193,13 @@ def case_study_records(name):
     paths = []
     for part in experiments_grid.experiment_cells(config, name).values():
         paths += [c.records("forget") for c in part["references"] + part["cells"]]
+    return list(dict.fromkeys(paths))
+
+
+def case_study_targets(name):
+    """Fig. 5: the self-improved targets of its self-improve jobs (it marks the fallbacks)."""
+    paths = [c.targets for part in experiments_grid.experiment_cells(config, name).values()
+             for c in part["cells"] if c.target == SELF_IMPROVE_TARGET]
     return list(dict.fromkeys(paths))
 
 

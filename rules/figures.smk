@@ -35,6 +35,7 @@ rule fig5:
     input:
         summaries=experiment_summaries("fig5"),
         records=case_study_records("fig5"),
+        targets=case_study_targets("fig5"),
         code=library_code("figures.py", "tables.py", "metrics.py"),
     output:
         png=report(

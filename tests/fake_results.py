@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from editunlearn import experiments
+from editunlearn.settings import SELF_IMPROVE_TARGET
 
 BROKEN = {"ga", "kl"}  # drawn as non-functional, to exercise the grey rows
 SPLITS = ("forget", "retain", "rephrase")
@@ -47,6 +48,12 @@ def write_job(root: Path, cell: experiments.Cell, with_rephrase=True, judge=True
     (job / "eval" / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if judge:
         (job / "judge.json").write_text(json.dumps(judge_summary(cell.job_dir)))
+    if cell.target == SELF_IMPROVE_TARGET:  # the model wrote targets for the odd-numbered questions
+        targets = root / cell.targets
+        targets.parent.mkdir(parents=True, exist_ok=True)
+        targets.write_text("".join(json.dumps(
+            {"id": f"{cell.dataset}-{i:03d}", "target": f"I never heard of book {i}.",
+             "fallback": i % 2 == 0}) + "\n" for i in range(6)))
 
 
 def judge_summary(job_dir: str) -> dict:

@@ -68,12 +68,17 @@ def test_case_study_picks_the_best_known_questions(config, tmp_path):
     write_experiment(tmp_path, config, "fig5")
     cases = figures.case_study(E.describe(config, "fig5"), root=str(tmp_path))
     assert len(cases) == config["experiments"]["fig5"]["questions"]
-    labels = [label for label, _ in cases[0][2]]
-    assert labels == ["Base", "GD", "DPO", "WISE", "WISE (self-improve)", "AlphaEdit",
-                      "AlphaEdit (self-improve)"]
+    numbers = [int(question.split()[-1].rstrip("?")) for question, _, _ in cases]
+    assert {n % 2 for n in numbers} == {0, 1}, numbers  # one fell back, one did not
+    for number, (_, _, answers) in zip(numbers, cases):
+        # the fake self-improved targets fell back to idk for the even-numbered questions
+        how = ", fell back to idk" if number % 2 == 0 else ""
+        assert [label for label, _ in answers] == [
+            "Base", "GD", "DPO", "WISE", f"WISE (self-improve{how})", "AlphaEdit",
+            f"AlphaEdit (self-improve{how})"]
     _draw("fig5", config, tmp_path)
     md = (tmp_path / "fig5.md").read_text()
-    assert cases[0][0] in md and "| AlphaEdit (self-improve) |" in md
+    assert cases[0][0] in md and "| AlphaEdit (self-improve" in md
 
 
 def test_case_study_without_a_reference_row(config, tmp_path):
