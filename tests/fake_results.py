@@ -36,7 +36,10 @@ def summary(model, dataset, method, setting, with_rephrase=True) -> dict:
             "combined_score": 1 - forget + retain, "non_functional": forget < 0.05 and retain < 0.05}
 
 
-def write_job(root: Path, cell: experiments.Cell, with_rephrase=True, judge=True) -> None:
+def write_job(root: Path, cell: experiments.Cell, with_rephrase=True, judge=True, targets=True) -> None:
+    """`targets`: also the self-improved targets of a self-improve job (Fig. 5 reads them). Not in a
+    workflow test, where the LLM rules make them: a targets file without Snakemake's record of the
+    job that made it would rerun everything downstream of it."""
     job = root / cell.job_dir
     job.mkdir(parents=True, exist_ok=True)
     (job / "summary.json").write_text(json.dumps(
@@ -48,7 +51,7 @@ def write_job(root: Path, cell: experiments.Cell, with_rephrase=True, judge=True
     (job / "eval" / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if judge:
         (job / "judge.json").write_text(json.dumps(judge_summary(cell.job_dir)))
-    if cell.target == SELF_IMPROVE_TARGET:  # the model wrote targets for the odd-numbered questions
+    if targets and cell.target == SELF_IMPROVE_TARGET:  # the model wrote the odd-numbered ones
         targets = root / cell.targets
         targets.parent.mkdir(parents=True, exist_ok=True)
         targets.write_text("".join(json.dumps(

@@ -554,7 +554,7 @@ def built(snakemake_exe, repo, tmp_path_factory, request):
         config["experiments"][key] = value
     config["run"] = tiny["run"]
     for name in E.EXPERIMENTS[:-1]:
-        write_experiment(workdir, config, name)
+        write_experiment(workdir, config, name, targets=False)
     _snakemake(snakemake_exe, repo, workdir)  # rule all
     return workdir
 
