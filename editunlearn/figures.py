@@ -231,8 +231,8 @@ def case_study(desc, root="."):
                      if cell.target == SELF_IMPROVE_TARGET else set())
         rows.append((label, {r["id"]: r for r in read_jsonl(f"{root}/{cell.records('forget')}")}, fell_back))
     return [(q["question"], q["answer"],
-             [(label[:-1] + f", {FELL_BACK})" if q["id"] in fell_back else label,
-               recs.get(q["id"], {}).get("generation", "–")) for label, recs, fell_back in rows])
+             [(label[:-1] + f", {FELL_BACK})" if q["id"] in fallbacks else label,  # "(self-improve, ...)"
+               recs.get(q["id"], {}).get("generation", "–")) for label, recs, fallbacks in rows])
             for q in chosen]
 
 
