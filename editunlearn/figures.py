@@ -213,11 +213,11 @@ def case_study(desc, root="."):
     first = cells[0]
     seed = first["seed"]
     k = exp["grid"].get("questions", 2)
-    rows = []  # (label, {id: record}, ids whose self-improved target fell back)
+    rows = []  # (label, {id: record}, {id: the label where that row's target fell back})
     if desc["reference"]:
         base = Cell(model, first["dataset"], first["n"], seed, desc["reference"])
         records = read_jsonl(f"{root}/{base.records('forget')}")
-        rows.append((desc["labels"].get(base.method, base.method), {r["id"]: r for r in records}, set()))
+        rows.append((desc["labels"].get(base.method, base.method), {r["id"]: r for r in records}, {}))
         ranked = sorted(range(len(records)), key=lambda i: (-records[i].get("rouge1_recall", 0), i))
         chosen = [records[i] for i in ranked[:k]]
     else:
@@ -226,14 +226,15 @@ def case_study(desc, root="."):
         if c["seed"] != seed or c["dataset"] != first["dataset"] or c["n"] != first["n"]:
             continue
         cell = Cell(**_cell_fields(c))
-        label = desc["labels"].get(cell.method, cell.method) + (f" ({cell.target})" if cell.target != "idk" else "")
-        fell_back = ({t["id"] for t in read_jsonl(f"{root}/{cell.targets}") if t.get("fallback")}
-                     if cell.target == SELF_IMPROVE_TARGET else set())
-        rows.append((label, {r["id"]: r for r in read_jsonl(f"{root}/{cell.records('forget')}")}, fell_back))
+        method = desc["labels"].get(cell.method, cell.method)
+        label = method + (f" ({cell.target})" if cell.target != "idk" else "")
+        relabel = ({t["id"]: f"{method} ({cell.target}, {FELL_BACK})"
+                    for t in read_jsonl(f"{root}/{cell.targets}") if t.get("fallback")}
+                   if cell.target == SELF_IMPROVE_TARGET else {})
+        rows.append((label, {r["id"]: r for r in read_jsonl(f"{root}/{cell.records('forget')}")}, relabel))
     return [(q["question"], q["answer"],
-             [(label[:-1] + f", {FELL_BACK})" if q["id"] in fallbacks else label,  # "(self-improve, ...)"
-               recs.get(q["id"], {}).get("generation", "–")) for label, recs, fallbacks in rows])
-            for q in chosen]
+             [(relabel.get(q["id"], label), recs.get(q["id"], {}).get("generation", "–"))
+              for label, recs, relabel in rows]) for q in chosen]
 
 
 def _cell_fields(c: dict) -> dict:

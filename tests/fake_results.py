@@ -52,9 +52,9 @@ def write_job(root: Path, cell: experiments.Cell, with_rephrase=True, judge=True
     if judge:
         (job / "judge.json").write_text(json.dumps(judge_summary(cell.job_dir)))
     if targets and cell.target == SELF_IMPROVE_TARGET:  # the model wrote the odd-numbered ones
-        targets = root / cell.targets
-        targets.parent.mkdir(parents=True, exist_ok=True)
-        targets.write_text("".join(json.dumps(
+        path = root / cell.targets
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(
             {"id": f"{cell.dataset}-{i:03d}", "target": f"I never heard of book {i}.",
              "fallback": i % 2 == 0}) + "\n" for i in range(6)))
 
