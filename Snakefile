@@ -49,3 +49,10 @@ rule all:
         all_setting_summaries(),
         all_judge_summaries(),
         all_experiment_outputs(),  # every table and figure of experiments.build
+
+
+# `snakemake --report report.html built`: the report of every table and figure whose files exist,
+# whichever runs made them (`make reproduce` ends with it).
+rule built:
+    input:
+        built_experiment_outputs(),

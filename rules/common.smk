@@ -223,6 +223,13 @@ def all_experiment_outputs():
     return [path for name in experiments_grid.built(config) for path in experiment_outputs(name)]
 
 
+def built_experiment_outputs():
+    """The files of every table and figure that is complete on disk (for the report)."""
+    return [path for name in experiments_grid.EXPERIMENTS
+            if all(os.path.exists(p) for p in experiment_outputs(name))
+            for path in experiment_outputs(name)]
+
+
 def library_code(*modules):
     """Library modules a table or figure is drawn by: an input, so editing them redraws it."""
     return code_inputs(os.path.join(workflow.basedir, "editunlearn", m) for m in modules)

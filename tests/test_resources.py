@@ -253,10 +253,10 @@ def test_make_reproduce_budgets_memory(repo):
 def test_make_reproduce_passes_a_target_in_args(repo):
     """`make reproduce ARGS=table3` builds Table 3 (the memory budget before it must not swallow
     the target as one more resource: Snakemake's --resources takes a list), then the report of
-    what it built."""
+    every table and figure built so far (`built`), this run's targets among them."""
     from snakemake.cli import parse_args
     run, report = (parse_args(shlex.split(line.split("bin/snakemake", 1)[1]))[1]
                    for line in _make_reproduce_lines(repo, "MEM_MB=1234", "ARGS=table3 fig4"))
     assert run.targets == ["table3", "fig4"] and run.report is None
     assert run.resources["mem_mb"].value == 1234
-    assert report.targets == ["table3", "fig4"] and str(report.report) == "report.html"
+    assert report.targets == ["built", "table3", "fig4"] and str(report.report) == "report.html"
